@@ -1,0 +1,41 @@
+"""WSGI entry point: `gunicorn --worker-class gevent wsgi:app` (see Procfile).
+
+gevent must patch the standard library before anything imports socket, ssl or
+threading, or requests and the pool would hold unpatched, blocking sockets; and
+psycopg2 blocks the whole worker on every query unless a wait callback hands its
+waits to gevent. So both happen here, first, and this is the only place they happen.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+from psycogreen.gevent import patch_psycopg  # noqa: E402
+
+patch_psycopg()
+
+import signal  # noqa: E402
+
+import gevent  # noqa: E402
+
+import public_service  # noqa: E402
+
+app = public_service.create_app()
+
+
+def _end_streams_then(previous):
+    """On SIGTERM, end every stream and stop the pollers before gunicorn's own handler
+    starts its graceful wait: open streams would otherwise hold the worker until
+    `graceful_timeout` and then be killed without their clean-up."""
+
+    def on_sigterm(signum, frame):
+        gevent.spawn(app.extensions["public_status"].shutdown)
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise SystemExit(0)
+
+    return on_sigterm
+
+
+signal.signal(signal.SIGTERM, _end_streams_then(signal.getsignal(signal.SIGTERM)))

@@ -1,0 +1,347 @@
+"""Real pieces the tests run against: a client API on loopback, the service under
+gunicorn, and a raw-socket reader of its event stream."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import select
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- client API
+
+
+@dataclass
+class Route:
+    """What the fake client API answers on one path."""
+
+    body: bytes = b"{}"
+    status: int = 200
+    delay: float = 0.0
+    trickle: bool = False          # send headers, then one byte a second, forever
+    headers: dict = field(default_factory=dict)
+
+
+@dataclass
+class SeenRequest:
+    path: str
+    headers: dict
+    at: float
+
+
+class Upstream:
+    """A real HTTP server on 127.0.0.1, port 0, whose answers tests set per path.
+
+    `with Upstream() as upstream:` runs it in a thread, like requests' own test server.
+    """
+
+    def __init__(self):
+        self.routes: dict[str, Route] = {}
+        self.seen: list[SeenRequest] = []
+        self._lock = threading.Lock()
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Upstream:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def set_statuses(self, path: str, statuses, **route) -> None:
+        self.set(path, json.dumps(statuses).encode(), **route)
+
+    def set(self, path: str, body: bytes = b"{}", **route) -> None:
+        with self._lock:
+            self.routes[path] = Route(body=body, **route)
+
+    def requests_to(self, path: str) -> list[SeenRequest]:
+        with self._lock:
+            return [r for r in self.seen if r.path == path]
+
+    def count(self, path: str) -> int:
+        return len(self.requests_to(path))
+
+    def _handler(self):
+        upstream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = self.path.split("?", 1)[0]
+                with upstream._lock:
+                    upstream.seen.append(SeenRequest(path, dict(self.headers), time.monotonic()))
+                    route = upstream.routes.get(path)
+                if route is None:
+                    self.send_error(404)
+                    return
+                time.sleep(route.delay)
+                self.send_response(route.status)
+                for name, value in route.headers.items():
+                    self.send_header(name, value)
+                if route.trickle:
+                    self.send_header("Content-Length", "1000000")
+                    self.end_headers()
+                    try:
+                        while True:
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(1)
+                    except OSError:
+                        return
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(route.body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(route.body)
+                except OSError:
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+
+# --------------------------------------------------------------------------- the service
+
+
+def procfile_command() -> list[str]:
+    """The Procfile's `web:` command, as the platform would run it."""
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    line = next(line for line in lines if line.startswith("web:"))
+    return shlex.split(line.removeprefix("web:"))
+
+
+class Service:
+    """The real service: the Procfile command, bound to 127.0.0.1 on a free port.
+
+    Its stderr and stdout are kept (`logs()`), so tests can read what it logged.
+    """
+
+    def __init__(self, env: dict[str, str], extra_args: list[str] | None = None):
+        command = procfile_command()
+        command = [sys.executable, "-m", "gunicorn"] + [
+            "127.0.0.1:0" if arg.startswith("0.0.0.0:") else arg for arg in command[1:]
+        ] + (extra_args or [])
+        base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PORT": "0"}
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env={**base, **env},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        )
+        self._lines: list[str] = []
+        self._listening = threading.Event()
+        self.port = 0
+        threading.Thread(target=self._read_output, daemon=True).start()
+        if not self._listening.wait(20):
+            self.stop()
+            raise RuntimeError("service did not start:\n" + self.logs())
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._wait_ready()
+
+    def _read_output(self) -> None:
+        for line in self.process.stdout:
+            self._lines.append(line)
+            found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+                self._listening.set()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                    if sock.recv(64).startswith(b"HTTP/1.0 200"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("service never became healthy:\n" + self.logs())
+
+    def logs(self) -> str:
+        return "".join(self._lines)
+
+    def worker_pids(self) -> list[int]:
+        return [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", self.logs())]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+# --------------------------------------------------------------------------- event stream
+
+
+@dataclass
+class Message:
+    """One SSE message as received: its fields and when its last byte arrived."""
+
+    event: str | None = None
+    data: str | None = None
+    id: str | None = None
+    retry: int | None = None
+    at: float = 0.0
+
+    def json(self):
+        return json.loads(self.data)
+
+
+class EventStream:
+    """A raw-socket HTTP client for one text/event-stream response.
+
+    Headers are kept exactly as they came on the wire; the body is de-chunked and cut
+    into messages following the WHATWG parsing rules (a message with only `retry:`
+    is kept too, so tests can see it).
+    """
+
+    def __init__(self, port: int, path: str, headers: dict | None = None,
+                 version: str = "1.1", method: str = "GET", timeout: float = 5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        lines = [f"{method} {path} HTTP/{version}", "Host: 127.0.0.1", "Accept: text/event-stream"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self._raw = b""
+        self._body = b""
+        self._text = ""
+        self.closed = False
+        head = self._read_until(b"\r\n\r\n", timeout)
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        self.status_line = status_line
+        self.status = int(status_line.split()[1])
+        self.header_list = [tuple(h.split(": ", 1)) for h in header_lines]
+        self.headers = {name.lower(): value for name, value in self.header_list}
+        self._chunked = self.headers.get("transfer-encoding") == "chunked"
+
+    def _recv(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+        if not ready:
+            return False
+        data = self.sock.recv(65536)
+        if not data:
+            self.closed = True
+            return False
+        self._raw += data
+        return True
+
+    def _read_until(self, marker: bytes, timeout: float) -> bytes:
+        deadline = time.monotonic() + timeout
+        while marker not in self._raw:
+            if not self._recv(deadline - time.monotonic()) and (self.closed or time.monotonic() >= deadline):
+                raise TimeoutError(f"no {marker!r} in {self._raw[:200]!r}")
+        head, self._raw = self._raw.split(marker, 1)
+        return head
+
+    def _decode_body(self) -> None:
+        if not self._chunked:
+            self._body += self._raw
+            self._raw = b""
+        else:
+            while b"\r\n" in self._raw:
+                size_line, rest = self._raw.split(b"\r\n", 1)
+                size = int(size_line.split(b";")[0], 16)
+                if len(rest) < size + 2:
+                    break
+                self._body += rest[:size]
+                self._raw = rest[size + 2:]
+                if size == 0:
+                    self.closed = True
+                    break
+        self._text += self._body.decode()
+        self._body = b""
+
+    def next(self, timeout: float = 5.0) -> Message | None:
+        """The next message, or None when the server closed the stream or time ran out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._decode_body()
+            found = re.search(r"(\r\n|\r|\n)(\r\n|\r|\n)", self._text)
+            if found:
+                block, self._text = self._text[: found.start()], self._text[found.end():]
+                message = _parse_message(block)
+                if message is not None:
+                    return message
+                continue
+            if self.closed or time.monotonic() >= deadline:
+                return None
+            self._recv(deadline - time.monotonic())
+
+    def next_event(self, event: str, timeout: float = 5.0) -> Message | None:
+        """The next message of the given event type, skipping others (pings, say)."""
+        deadline = time.monotonic() + timeout
+        while (message := self.next(deadline - time.monotonic())) is not None:
+            if message.event == event:
+                return message
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _parse_message(block: str) -> Message | None:
+    message = Message(at=time.monotonic())
+    data: list[str] = []
+    for line in re.split(r"\r\n|\r|\n", block):
+        if not line or line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            message.event = value
+        elif name == "id":
+            message.id = value
+        elif name == "retry" and value.isdigit():
+            message.retry = int(value)
+    message.data = "\n".join(data) if data else None
+    if message.data is None and message.event is None and message.retry is None and message.id is None:
+        return None
+    return message
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01):
+    """Poll until `predicate()` is truthy; return its value, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def metric(service_url: str, name: str, labels: str = "") -> float:
+    """One sample of the service's /metrics, e.g. metric(url, "public_status_open_streams")."""
+    import requests
+
+    text = requests.get(service_url + "/metrics", timeout=5).text
+    key = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.split()[-1])
+    raise KeyError(key)

@@ -1,0 +1,136 @@
+"""Project lookups against a real PostgreSQL, through a role that can only SELECT."""
+
+import psycopg2
+import pytest
+
+from public_service import (
+    PROJECT_SQL,
+    Config,
+    Database,
+    DatabaseUnavailable,
+    Metrics,
+    ProjectDirectory,
+    SecretRedactor,
+)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def directory_for(url, clock=None, **settings):
+    config = Config.from_env({"DATABASE_URL": url, "PROJECT_CACHE_TTL": "30", "DB_TIMEOUT": "2",
+                              **settings})
+    db = Database(config.database_url, config.db_pool_size, config.db_timeout)
+    return ProjectDirectory(db, config, Metrics(), SecretRedactor(), clock or FakeClock()), db
+
+
+@pytest.fixture
+def directory(pg):
+    directory, db = directory_for(pg.reader_url)
+    yield directory
+    db.close()
+
+
+def test_the_role_has_only_select(pg):
+    conn = psycopg2.connect(pg.reader_url)
+    conn.autocommit = True
+    with conn.cursor() as cursor, pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        cursor.execute("INSERT INTO projects (slug) VALUES ('nope')")
+    conn.close()
+
+
+def test_sessions_are_read_only(pg):
+    db = Database(pg.reader_url, 1, 2.0)
+    assert db.fetch_one("SHOW default_transaction_read_only") == ("on",)
+    assert db.fetch_one("SHOW statement_timeout") == ("2s",)
+    with pytest.raises(DatabaseUnavailable):
+        db.fetch_one("CREATE TEMP TABLE t (x int)")
+    db.close()
+
+
+def test_known_project(pg, directory):
+    slug = pg.add_project(pg.unique_slug(), base_url="https://c.example.com", endpoint="/s",
+                          auth_type="bearer", credentials={"token": "t-1"}, timeout=3,
+                          mapping={"sold": ["gone"]}, interval=12)
+    project = directory.get(slug)
+    assert project.slug == slug
+    assert project.status_url == "https://c.example.com/s"
+    assert project.auth_headers == {"Authorization": "Bearer t-1"}
+    assert (project.timeout, project.poll_interval) == (3.0, 12.0)
+    assert project.status_lookup["gone"] == "sold"
+    assert project.config_error is None
+
+
+def test_unknown_inactive_and_unconfigured_projects_are_none(pg, directory):
+    inactive = pg.add_project(pg.unique_slug(), base_url="https://c.example.com", active=False)
+    unconfigured = pg.add_project(pg.unique_slug(), config=False)
+    assert directory.get("no-such-project") is None
+    assert directory.get(inactive) is None
+    assert directory.get(unconfigured) is None
+
+
+def test_null_columns_take_defaults(pg, directory):
+    slug = pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
+    project = directory.get(slug)
+    assert (project.timeout, project.poll_interval, project.auth_headers) == (10.0, 30.0, {})
+
+
+def test_json_columns_stored_as_text_and_json(pg):
+    """`textcols` holds the same tables with auth_credentials as text and
+    status_mapping as json; the service reads them the same."""
+    slug = pg.add_project(pg.unique_slug(), base_url="https://c.example.com", schema="textcols",
+                          auth_type="api_key", credentials={"header": "X-K", "key": "k-2"},
+                          mapping={"reserved": "on hold"})
+    url = pg.reader_url + "?options=-csearch_path%3Dtextcols"
+    directory, db = directory_for(url)
+    project = directory.get(slug)
+    assert project.auth_headers == {"X-K": "k-2"}
+    assert project.status_lookup["on_hold"] == "reserved"
+    assert db.fetch_one("SHOW default_transaction_read_only") == ("on",)  # options merged
+    db.close()
+
+
+def test_rows_are_cached_for_the_ttl_unknown_slugs_included(pg):
+    clock = FakeClock()
+    directory, db = directory_for(pg.reader_url, clock)
+    slug = pg.unique_slug()
+    assert directory.get(slug) is None
+    pg.add_project(slug, base_url="https://c.example.com")
+    clock.now += 29
+    assert directory.get(slug) is None          # the absence is cached too
+    clock.now += 2
+    assert directory.get(slug) is not None
+    pg.set_active(slug, False)
+    clock.now += 29
+    assert directory.get(slug) is not None
+    clock.now += 2
+    assert directory.get(slug) is None
+    db.close()
+
+
+def test_config_changes_are_seen_after_the_ttl(pg):
+    clock = FakeClock()
+    directory, db = directory_for(pg.reader_url, clock)
+    slug = pg.add_project(pg.unique_slug(), base_url="https://c.example.com", interval=5)
+    assert directory.get(slug).poll_interval == 5
+    pg.update_config(slug, polling_interval_seconds=9)
+    clock.now += 31
+    assert directory.get(slug).poll_interval == 9
+    db.close()
+
+
+def test_unreachable_database(pg):
+    directory, db = directory_for("postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(DatabaseUnavailable):
+        directory.get("anything")
+    db.close()
+
+
+def test_the_query_is_a_plain_select():
+    assert PROJECT_SQL.strip().upper().startswith("SELECT")
+    assert "%s" in PROJECT_SQL and "format(" not in PROJECT_SQL

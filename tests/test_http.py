@@ -1,0 +1,183 @@
+"""HTTP answers of the app in-process: status codes, bodies and headers, every route."""
+
+import json
+
+import pytest
+
+import public_service
+
+UNREACHABLE_DB = "postgresql://nobody:db-pass-Kq2@127.0.0.1:1/none"
+
+
+def assert_public_headers(response):
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def assert_json_error(response, status):
+    assert response.status_code == status
+    assert response.content_type == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"} and isinstance(body["error"], str)
+    assert_public_headers(response)
+
+
+def test_get_status(client, project):
+    response = client.get(f"/api/public/{project}/status")
+    assert response.status_code == 200
+    assert response.content_type == "application/json"
+    assert response.get_json() == {
+        "project": project,
+        "statuses": {"A101": "available", "A102": "reserved", "A103": "sold"},
+        "count": 3,
+    }
+    assert_public_headers(response)
+
+
+def test_head_status(client, project):
+    response = client.head(f"/api/public/{project}/status")
+    assert response.status_code == 200
+    assert response.data == b""
+
+
+def test_unknown_project_is_404(client):
+    assert_json_error(client.get("/api/public/no-such-project/status"), 404)
+    assert_json_error(client.post("/api/public/no-such-project/status/refresh"), 404)
+    assert_json_error(client.get("/api/public/no-such-project/status/stream"), 404)
+
+
+def test_inactive_and_unconfigured_projects_are_404(client, pg, upstream):
+    inactive = pg.add_project(pg.unique_slug(), base_url=upstream.url, active=False)
+    unconfigured = pg.add_project(pg.unique_slug(), config=False)
+    for slug in (inactive, unconfigured):
+        assert_json_error(client.get(f"/api/public/{slug}/status"), 404)
+        assert_json_error(client.get(f"/api/public/{slug}/status/stream"), 404)
+
+
+BAD_SLUGS = [
+    "UPPER", "-leading", "a" * 129, "sp%20ace", "unicod%C3%A9", "x'%20OR%201=1--",
+    "..", "%2e%2e", "a%2Fb", "a%00b", "a_b", "a.b", "%E2%80%A8",
+]
+
+
+@pytest.fixture
+def offline_client():
+    """The app with a database that never answers."""
+    app = public_service.create_app({"DATABASE_URL": UNREACHABLE_DB, "DB_TIMEOUT": "1"})
+    return app.test_client()
+
+
+@pytest.mark.parametrize("slug", BAD_SLUGS)
+@pytest.mark.parametrize("route", ["status", "status/stream", "status/refresh"])
+def test_malformed_slugs_are_404_without_touching_the_database(offline_client, slug, route):
+    method = offline_client.post if route.endswith("refresh") else offline_client.get
+    assert_json_error(method(f"/api/public/{slug}/{route}"), 404)
+
+
+def test_the_longest_valid_slug_reaches_the_database(offline_client):
+    assert_json_error(offline_client.get(f"/api/public/{'a' * 128}/status"), 503)
+
+
+def test_never_seen_project_while_the_database_is_down_is_503(offline_client):
+    response = offline_client.get("/api/public/some-project/status")
+    assert_json_error(response, 503)
+    assert int(response.headers["Retry-After"]) >= 1
+    assert "db-pass" not in response.get_data(as_text=True)
+
+
+def test_stream_while_the_database_is_down_says_come_back(offline_client):
+    response = offline_client.get("/api/public/some-project/status/stream")
+    assert response.status_code == 200
+    assert response.content_type == "text/event-stream"
+    assert response.data.startswith(b"retry: ") and response.data.endswith(b"\n\n")
+    assert 250 <= int(response.data.split()[1]) <= 6000
+
+
+@pytest.mark.parametrize("path", [
+    "/api//public/{slug}/status",
+    "/api/public//{slug}/status",
+    "/api/public/{slug}//status",
+    "/api/public/{slug}/status/",
+    "//api/public/{slug}/status",
+    "/api/public/{slug}/status//stream",
+    "/api/public/{slug}/status/stream/",
+    "/api/public/{slug}",
+    "/api/public/",
+])
+def test_never_a_redirect_whatever_the_slashes(client, project, path):
+    for method in (client.get, client.post):
+        response = method(path.format(slug=project))
+        assert not 300 <= response.status_code < 400
+        assert "Location" not in response.headers
+        assert response.status_code in (404, 405)
+        assert_json_error(response, response.status_code)
+
+
+@pytest.mark.parametrize(("method", "route", "allowed"), [
+    ("post", "status", "GET"),
+    ("delete", "status", "GET"),
+    ("put", "status/stream", "GET"),
+    ("get", "status/refresh", "POST"),
+    ("patch", "status/refresh", "POST"),
+])
+def test_wrong_methods_are_405_json(client, project, method, route, allowed):
+    response = getattr(client, method)(f"/api/public/{project}/{route}")
+    assert_json_error(response, 405)
+    assert allowed in response.headers["Allow"]
+
+
+def test_no_snapshot_yet_is_503_with_retry_after(client, pg, upstream):
+    slug = pg.add_project(pg.unique_slug(), base_url=upstream.url)
+    upstream.set(f"/{slug}", b"Internal trouble at client.example.com", status=500)
+    response = client.get(f"/api/public/{slug}/status")
+    assert_json_error(response, 503)
+    assert int(response.headers["Retry-After"]) >= 1
+    text = response.get_data(as_text=True)
+    assert "127.0.0.1" not in text and "500" not in text and "client.example" not in text
+
+
+def test_refresh_returns_the_body_then_429(client, project):
+    first = client.post(f"/api/public/{project}/status/refresh")
+    assert first.status_code == 200
+    assert first.get_json()["count"] == 3
+    assert_public_headers(first)
+    second = client.post(f"/api/public/{project}/status/refresh")
+    assert_json_error(second, 429)
+    assert second.headers["Retry-After"] == "1"
+
+
+def test_stream_starts_with_connected_and_its_headers(client, project):
+    response = client.get(f"/api/public/{project}/status/stream", headers={"Last-Event-ID": "x"})
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/event-stream"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert_public_headers(response)
+    first = next(response.response)
+    assert first == (b'event: connected\nretry: 250\ndata: {"project": "%s"}\n\n' % project.encode())
+    response.close()
+
+
+def test_health_and_readiness(client, offline_client):
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    assert offline_client.get("/healthz").status_code == 200
+    response = offline_client.get("/readyz")
+    assert_json_error(response, 503)
+    assert response.get_json() == {"error": "database unavailable"}
+
+
+def test_unknown_paths_are_json_404(client):
+    response = client.get("/nothing-here")
+    assert response.status_code == 404
+    assert json.loads(response.data) == {"error": "not found"}
+
+
+def test_metrics_are_prometheus_text(client, project):
+    client.get(f"/api/public/{project}/status")
+    client.get(f"/api/public/{project}/status")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'public_status_cache_total{result="hit"} 1.0' in text
+    assert 'public_status_cache_total{result="miss"} 1.0' in text
+    assert 'public_status_upstream_requests_total{outcome="ok"} 1.0' in text
+    assert "public_status_open_streams 0.0" in text
+    assert project not in text

@@ -1,0 +1,70 @@
+"""Log lines: redaction of every known secret, and the JSON format."""
+
+import json
+import logging
+
+import pytest
+
+import public_service
+from public_service import SecretRedactor
+
+
+@pytest.fixture
+def captured():
+    """A handler like the app's own: redactor filter, then a formatter."""
+    lines = []
+
+    class ListHandler(logging.Handler):
+        def emit(self, record):
+            lines.append(self.format(record))
+
+    redactor = SecretRedactor()
+    handler = ListHandler()
+    handler.addFilter(redactor)
+    logger = logging.getLogger("test.redaction")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    yield redactor, logger, lines, handler
+    logger.removeHandler(handler)
+
+
+def test_secrets_are_redacted_from_messages_args_and_tracebacks(captured):
+    redactor, logger, lines, _ = captured
+    redactor.add(["tok-Secret-1", "pw", "longer-tok-Secret-1-suffix"])
+    logger.debug("sending %s to %s", "Bearer tok-Secret-1", "host")
+    logger.info("url http://u:longer-tok-Secret-1-suffix@h/")
+    try:
+        raise ValueError("failed with tok-Secret-1")
+    except ValueError:
+        logger.exception("boom")
+    text = "\n".join(lines)
+    assert "tok-Secret-1" not in text
+    assert "sending Bearer *** to host" in lines[0]
+    assert "http://u:***@h/" in lines[1]              # the longest secret wins
+    assert "ValueError: failed with ***" in text
+    assert redactor.redact("pw") == "pw"              # under MIN_LENGTH: left alone
+
+
+def test_json_lines_carry_the_extras(captured):
+    redactor, logger, lines, handler = captured
+    handler.setFormatter(public_service.JsonFormatter())
+    redactor.add(["k-Secret-9"])
+    logger.warning("project %s failed with k-Secret-9", "demo",
+                   extra={"project": "demo", "event": "upstream_failed", "duration": 0.25})
+    entry = json.loads(lines[0])
+    assert entry["message"] == "project demo failed with ***"
+    assert (entry["level"], entry["project"], entry["event"], entry["duration"]) == (
+        "WARNING", "demo", "upstream_failed", 0.25)
+    assert entry["time"].endswith("Z")
+
+
+def test_the_app_redacts_the_database_password(pg, capfd):
+    url = pg.reader_url
+    app = public_service.create_app({"DATABASE_URL": url, "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"})
+    logging.getLogger("urllib3.connectionpool").debug("connecting with %s", url)
+    err = capfd.readouterr().err
+    line = json.loads(err.strip().splitlines()[-1])
+    assert "reader-pw-Zq81x" not in err
+    assert line["logger"] == "urllib3.connectionpool"
+    assert app.extensions["public_status"].redactor.redact(url).count("***") == 1

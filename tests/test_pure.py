@@ -1,0 +1,417 @@
+"""Pure logic, tested without I/O: normalization, response shapes, SSE encoding,
+diffing, backoff, URL joining, auth headers, project rows, configuration."""
+
+import base64
+import json
+import math
+from decimal import Decimal
+
+import pytest
+
+from public_service import (
+    DEFAULT_STATUS_VALUES,
+    STATUSES,
+    Config,
+    ConfigError,
+    SSEMessage,
+    Snapshot,
+    StatusParseError,
+    auth_headers,
+    backoff_delay,
+    build_status_lookup,
+    decode_status_body,
+    diff_statuses,
+    extract_unit_statuses,
+    join_status_url,
+    normalize_key,
+    normalize_status,
+    normalize_statuses,
+    project_from_row,
+    split_userinfo,
+)
+
+DEFAULT = build_status_lookup(None)
+
+# --------------------------------------------------------------------------- normalization
+
+CARD_TABLE = [
+    (value, status) for status, values in DEFAULT_STATUS_VALUES.items() for value in values
+]
+
+
+@pytest.mark.parametrize(("value", "status"), CARD_TABLE)
+def test_every_value_of_the_card_maps_to_its_status(value, status):
+    assert normalize_status(value, DEFAULT) == status
+
+
+def test_the_card_table_is_complete():
+    assert {v for v, _ in CARD_TABLE} == {
+        "available", "open", "free", "for_sale", "reserved", "held", "pending", "sold",
+        "purchased", "closed", "hidden", "disabled", "inactive", "unreleased", "coming_soon",
+        "future",
+    }
+
+
+@pytest.mark.parametrize(("value", "status"), [
+    ("OPEN", "available"),
+    ("  Sold  ", "sold"),
+    ("For Sale", "available"),
+    ("for-sale", "available"),
+    ("Coming Soon", "unreleased"),
+    ("COMING-SOON", "unreleased"),
+    ("\tHeld\n", "reserved"),
+])
+def test_case_whitespace_spaces_and_hyphens(value, status):
+    assert normalize_status(value, DEFAULT) == status
+
+
+def test_normalize_key_replaces_each_space_and_hyphen():
+    assert normalize_key(" A-b c ") == "a_b_c"
+    assert normalize_key("coming  soon") == "coming__soon"
+
+
+@pytest.mark.parametrize("value", ["", "gone", "on hold", None, True, False, {"a": 1}, [1], 3.5])
+def test_unknown_values_are_unknown(value):
+    assert normalize_status(value, DEFAULT) is None
+
+
+def test_project_mapping_is_consulted_before_the_default_table():
+    lookup = build_status_lookup({"sold": ["Closed", "under contract"], "hidden": "open"})
+    assert normalize_status("closed", lookup) == "sold"
+    assert normalize_status("Under-Contract", lookup) == "sold"
+    assert normalize_status("open", lookup) == "hidden"        # overrides the default
+    assert normalize_status("free", lookup) == "available"     # default still applies
+
+
+def test_project_mapping_ignores_what_is_not_a_status():
+    lookup = build_status_lookup({"bogus": ["x"], "sold": [1, None, "done"], "Reserved": ["hold"]})
+    assert normalize_status("x", lookup) is None
+    assert normalize_status("done", lookup) == "sold"
+    assert normalize_status("hold", lookup) == "reserved"
+
+
+@pytest.mark.parametrize("mapping", [None, [], "sold", 5, {"sold": 7}])
+def test_unusable_mappings_fall_back_to_the_default(mapping):
+    assert build_status_lookup(mapping) == DEFAULT
+
+
+def test_numbers_can_be_mapped():
+    lookup = build_status_lookup({"available": ["1"], "sold": ["0"]})
+    assert normalize_status(1, lookup) == "available"
+    assert normalize_status(0, lookup) == "sold"
+
+
+def test_normalize_statuses_hides_and_reports_unknown_values():
+    statuses, unknown = normalize_statuses(
+        {"A1": "open", "A2": "mystery", "A3": None, "A4": "Sold"}, DEFAULT)
+    assert statuses == {"A1": "available", "A2": "hidden", "A3": "hidden", "A4": "sold"}
+    assert unknown == ["mystery", "null"]
+    assert set(statuses.values()) <= set(STATUSES)
+
+
+# --------------------------------------------------------------------------- response shapes
+
+def test_flat_object():
+    assert extract_unit_statuses({"A101": "open", "A102": "sold"}) == {"A101": "open", "A102": "sold"}
+
+
+@pytest.mark.parametrize("unit_key", ["unit", "unit_id", "unit_number", "id", "code", "name"])
+@pytest.mark.parametrize("status_key", ["status", "state", "availability"])
+def test_list_of_objects_with_any_unit_and_status_key(unit_key, status_key):
+    body = [{unit_key: "A1", status_key: "open", "floor": 3}, {unit_key: "A2", status_key: "held"}]
+    assert extract_unit_statuses(body) == {"A1": "open", "A2": "held"}
+
+
+def test_unit_key_order_decides_between_several():
+    assert extract_unit_statuses([{"id": 7, "unit": "A1", "status": "open"}]) == {"A1": "open"}
+
+
+@pytest.mark.parametrize("wrapper", ["units", "data", "items", "results", "statuses"])
+def test_wrapped_shapes(wrapper):
+    listed = {wrapper: [{"unit": "A1", "status": "open"}], "meta": {"page": 1}}
+    flat = {wrapper: {"A1": "open"}}
+    assert extract_unit_statuses(listed) == {"A1": "open"}
+    assert extract_unit_statuses(flat) == {"A1": "open"}
+
+
+def test_nested_wrapping_is_understood():
+    assert extract_unit_statuses({"data": {"items": [{"id": 1, "state": "open"}]}}) == {"1": "open"}
+
+
+def test_a_wrapper_key_holding_a_value_is_a_unit():
+    assert extract_unit_statuses({"data": "open", "A1": "sold"}) == {"data": "open", "A1": "sold"}
+
+
+@pytest.mark.parametrize(("unit", "expected"), [(101, "101"), (101.0, "101"), (1.5, "1.5"), ("B-2", "B-2")])
+def test_unit_ids_are_strings(unit, expected):
+    assert extract_unit_statuses([{"unit": unit, "status": "open"}]) == {expected: "open"}
+
+
+def test_empty_documents_mean_no_units():
+    assert extract_unit_statuses({}) == {}
+    assert extract_unit_statuses([]) == {}
+    assert extract_unit_statuses({"units": []}) == {}
+
+
+@pytest.mark.parametrize("document", [
+    "open", 42, None, True,
+    [1, 2],
+    [{"status": "open"}],                 # no unit key
+    [{"unit": "A1"}],                     # no status key
+    [{"unit": None, "status": "open"}],
+    [{"unit": True, "status": "open"}],
+    [{"unit": "", "status": "open"}],
+    [{"unit": ["A1"], "status": "open"}],
+    [{"unit": "A1", "status": {"code": "open"}}],
+    {"A1": {"status": "open"}},
+    {"A1": ["open"]},
+])
+def test_anything_else_is_a_parse_error(document):
+    with pytest.raises(StatusParseError):
+        extract_unit_statuses(document)
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b"{", b"\xff\xfe\x00", b"[" * 100_000])
+def test_undecodable_bodies_are_parse_errors(body):
+    with pytest.raises(StatusParseError):
+        decode_status_body(body)
+
+
+def test_decode_status_body():
+    assert decode_status_body(b'{"results": [{"code": "X", "availability": "Free"}]}') == {"X": "Free"}
+
+
+# --------------------------------------------------------------------------- diffing and backoff
+
+def test_diff_reports_changed_and_new_units_only():
+    old = {"A1": "available", "A2": "sold"}
+    new = {"A1": "reserved", "A2": "sold", "A3": "available"}
+    assert diff_statuses(old, new) == {"A1": "reserved", "A3": "available"}
+
+
+def test_diff_sends_a_disappeared_unit_as_hidden():
+    assert diff_statuses({"A1": "sold", "A2": "available"}, {"A1": "sold"}) == {"A2": "hidden"}
+
+
+def test_diff_skips_a_hidden_unit_that_disappears():
+    assert diff_statuses({"A1": "hidden"}, {}) == {}
+
+
+def test_diff_of_equal_snapshots_is_empty():
+    assert diff_statuses({"A1": "sold"}, {"A1": "sold"}) == {}
+
+
+@pytest.mark.parametrize("failures", range(1, 12))
+@pytest.mark.parametrize("rand", [0.0, 0.5, 0.999999])
+def test_backoff_grows_between_one_and_eight_intervals(failures, rand):
+    delay = backoff_delay(failures, 2.0, lambda: rand)
+    assert 2.0 <= delay <= 16.0
+    expected_ceiling = 2.0 * min(2 ** failures, 8)
+    assert expected_ceiling / 2 <= delay <= expected_ceiling
+
+
+def test_backoff_is_jittered():
+    assert backoff_delay(3, 1.0, lambda: 0.0) != backoff_delay(3, 1.0, lambda: 0.9)
+
+
+# --------------------------------------------------------------------------- SSE encoding
+
+@pytest.mark.parametrize(("message", "wire"), [
+    (SSEMessage(data="x"), b"data: x\n\n"),
+    (SSEMessage(data="x", event="ping"), b"event: ping\ndata: x\n\n"),
+    (SSEMessage(data="x", event="e", id=0), b"id: 0\nevent: e\ndata: x\n\n"),
+    (SSEMessage(data="x", event="e", id=7, retry=3000), b"id: 7\nevent: e\nretry: 3000\ndata: x\n\n"),
+    (SSEMessage(retry=250), b"retry: 250\n\n"),
+    (SSEMessage(data="a\nb\r\nc\rd"), b"data: a\ndata: b\ndata: c\ndata: d\n\n"),
+    (SSEMessage(data=""), b"data: \n\n"),
+    (SSEMessage(data="a\n"), b"data: a\ndata: \n\n"),
+    (SSEMessage(data="x", event="evil\nevent: other"), b"event: evil event: other\ndata: x\n\n"),
+    (SSEMessage(data="x", id="1\r\n2\x003"), b"id: 1 23\ndata: x\n\n"),
+    (SSEMessage(data='{"k": "\u00e9"}'), 'data: {"k": "\u00e9"}\n\n'.encode()),
+])
+def test_sse_message_encoding(message, wire):
+    assert message.encode() == wire
+
+
+def test_sse_messages_compare_by_value():
+    assert SSEMessage(data="x", id=1) == SSEMessage(data="x", id=1)
+    assert SSEMessage(data="x", id=1) != SSEMessage(data="x", id=2)
+
+
+def test_snapshot_carries_its_encodings():
+    snapshot = Snapshot.build("demo", 3, {"A1": "sold", "A2": "available"})
+    assert json.loads(snapshot.body) == {
+        "project": "demo", "statuses": {"A1": "sold", "A2": "available"}, "count": 2}
+    assert snapshot.event == (
+        b'id: 3\nevent: status_update\ndata: {"statuses": {"A1": "sold", "A2": "available"}}\n\n')
+
+
+# --------------------------------------------------------------------------- URLs and auth
+
+@pytest.mark.parametrize(("base", "endpoint", "url"), [
+    ("https://api.example.com", "units/status", "https://api.example.com/units/status"),
+    ("https://api.example.com/", "/units/status", "https://api.example.com/units/status"),
+    ("https://api.example.com//", "//units", "https://api.example.com/units"),
+    ("https://api.example.com/v2", "status", "https://api.example.com/v2/status"),
+    ("https://api.example.com/v2", "https://other.example.com/s", "https://other.example.com/s"),
+    ("https://api.example.com/v2/status", None, "https://api.example.com/v2/status"),
+    (None, "http://only.example.com/s", "http://only.example.com/s"),
+])
+def test_status_url_joins_with_exactly_one_slash(base, endpoint, url):
+    assert join_status_url(base, endpoint) == url
+
+
+def test_split_userinfo():
+    assert split_userinfo("https://u:p%40ss@h.example:8443/x?q=1") == (
+        "https://h.example:8443/x?q=1", ("u", "p%40ss"))
+    assert split_userinfo("https://h.example/x") == ("https://h.example/x", None)
+
+
+def test_bearer():
+    assert auth_headers("bearer", {"token": "T0k"}, None) == {"Authorization": "Bearer T0k"}
+
+
+@pytest.mark.parametrize(("credentials", "headers"), [
+    ({"header": "X-Key", "key": "K"}, {"X-Key": "K"}),
+    ({"header_name": "X-Key", "key": "K"}, {"X-Key": "K"}),
+    ({"api_key": "K"}, {"X-API-Key": "K"}),
+    ({"key": "K"}, {"X-API-Key": "K"}),
+])
+def test_api_key(credentials, headers):
+    assert auth_headers("api_key", credentials, None) == headers
+
+
+def test_basic():
+    expected = "Basic " + base64.b64encode(b"user:pa:ss").decode()
+    assert auth_headers("basic", {"username": "user", "password": "pa:ss"}, None) == {
+        "Authorization": expected}
+
+
+def test_no_auth_uses_userinfo_from_the_url():
+    assert auth_headers(None, None, ("u", "p")) == {"Authorization": "Basic dTpw"}
+    assert auth_headers(None, None, None) == {}
+    assert auth_headers("  ", None, None) == {}
+
+
+def test_auth_type_is_case_insensitive():
+    assert auth_headers("Bearer", {"token": "T"}, None) == {"Authorization": "Bearer T"}
+
+
+@pytest.mark.parametrize(("auth_type", "credentials"), [
+    ("bearer", None), ("bearer", {}), ("bearer", "S3CRET-VALUE"),
+    ("api_key", {"header": "X-Key", "password": "S3CRET-VALUE"}),
+    ("api_key", {"header": "Bad Header", "key": "S3CRET-VALUE"}),
+    ("basic", {"password": "S3CRET-VALUE"}),
+    ("oauth2", {"token": "S3CRET-VALUE"}),
+])
+def test_unusable_auth_settings_raise_without_the_secret(auth_type, credentials):
+    with pytest.raises(ValueError) as raised:
+        auth_headers(auth_type, credentials, None)
+    assert "S3CRET" not in str(raised.value)
+
+
+# --------------------------------------------------------------------------- project rows
+
+def row(base="https://api.example.com", endpoint="/status", auth_type=None, credentials=None,
+        timeout=None, mapping=None, interval=None):
+    return (base, endpoint, auth_type, credentials, timeout, mapping, interval)
+
+
+def test_project_defaults():
+    project = project_from_row("demo", row(), default_poll_interval=30.0)
+    assert project.status_url == "https://api.example.com/status"
+    assert project.timeout == 10.0
+    assert project.poll_interval == 30.0
+    assert project.auth_headers == {}
+    assert project.config_error is None
+
+
+def test_project_numeric_columns():
+    project = project_from_row("demo", row(timeout=Decimal("2.5"), interval=Decimal("0.25")), 30.0)
+    assert (project.timeout, project.poll_interval) == (2.5, 0.25)
+
+
+def test_project_json_columns_as_text_and_twice_encoded():
+    credentials = json.dumps(json.dumps({"token": "tok-1"}))
+    mapping = json.dumps({"sold": ["gone"]})
+    project = project_from_row("demo", row(auth_type="bearer", credentials=credentials,
+                                           mapping=mapping), 30.0)
+    assert project.auth_headers == {"Authorization": "Bearer tok-1"}
+    assert project.status_lookup["gone"] == "sold"
+
+
+def test_project_secrets_and_repr():
+    project = project_from_row(
+        "demo", row(base="https://urluser:urlpass@api.example.com", auth_type="basic",
+                    credentials=json.dumps({"username": "bob-user", "password": "hunter2-pw"})), 30.0)
+    encoded = base64.b64encode(b"bob-user:hunter2-pw").decode()
+    assert {"bob-user", "hunter2-pw", encoded, "urlpass"} <= set(project.secrets)
+    assert project.status_url == "https://api.example.com/status"
+    for secret in ("hunter2-pw", "bob-user", "urlpass", encoded):
+        assert secret not in repr(project)
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    ({"credentials": "{not json"}, "auth_credentials is not JSON"),
+    ({"mapping": "{not json"}, "status_mapping is not JSON"),
+    ({"auth_type": "bearer", "credentials": json.dumps({"token": "a\nb"})}, "not allowed in an HTTP header"),
+    ({"auth_type": "magic"}, "needs auth_credentials"),
+    ({"base": None, "endpoint": "/status"}, "http(s) URL"),
+    ({"base": "ftp://x.example", "endpoint": "s"}, "http(s) URL"),
+])
+def test_unusable_configs_say_why(fields, problem):
+    project = project_from_row("demo", row(**fields), 30.0)
+    assert problem in project.config_error
+
+
+@pytest.mark.parametrize("value", [0, -1, None])
+def test_nonpositive_timeouts_and_intervals_take_defaults(value):
+    project = project_from_row("demo", row(timeout=value, interval=value), 7.0)
+    assert (project.timeout, project.poll_interval) == (10.0, 7.0)
+
+
+def test_timeouts_are_capped():
+    assert project_from_row("demo", row(timeout=86400), 7.0).timeout == 120.0
+
+
+# --------------------------------------------------------------------------- configuration
+
+def test_config_defaults_follow_the_spec():
+    config = Config.from_env({"DATABASE_URL": "postgresql://x/y"})
+    assert (config.port, config.status_cache_ttl, config.sse_ping_interval, config.sse_retry_ms,
+            config.default_poll_interval, config.refresh_min_interval, config.project_cache_ttl,
+            config.cors_allow_origin, config.log_level, config.log_format,
+            config.max_upstream_bytes, config.max_streams, config.redis_url,
+            config.poll_lease_ttl) == (8000, 30, 30, 3000, 30, 10, 30, "*", "INFO", "text",
+                                       5_000_000, 10_000, None, 10)
+
+
+def test_config_durations_accept_floats():
+    config = Config.from_env({"DATABASE_URL": "x", "STATUS_CACHE_TTL": "0.25",
+                              "SSE_PING_INTERVAL": 0.1, "REFRESH_MIN_INTERVAL": "0"})
+    assert (config.status_cache_ttl, config.sse_ping_interval, config.refresh_min_interval) == (
+        0.25, 0.1, 0.0)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("STATUS_CACHE_TTL", "soon"), ("SSE_PING_INTERVAL", "0"), ("SSE_PING_INTERVAL", "-1"),
+    ("SSE_RETRY_MS", "1.5"), ("LOG_FORMAT", "xml"), ("LOG_LEVEL", "LOUD"),
+    ("DEFAULT_POLL_INTERVAL", "nan"), ("DEFAULT_POLL_INTERVAL", "inf"), ("MAX_STREAMS", "-1"),
+])
+def test_config_rejects_bad_values_by_name(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({"DATABASE_URL": "x", name: value})
+
+
+def test_config_requires_a_database_and_never_shows_it():
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        Config.from_env({})
+    config = Config.from_env({"DATABASE_URL": "postgresql://u:s3cret-db@h/d"})
+    assert "s3cret-db" not in repr(config)
+
+
+def test_config_is_frozen():
+    config = Config.from_env({"DATABASE_URL": "x"})
+    with pytest.raises(AttributeError):
+        config.port = 1
+    assert math.isfinite(config.db_timeout)

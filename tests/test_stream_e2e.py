@@ -1,0 +1,250 @@
+"""End to end: the Procfile command (gunicorn, gevent worker) against the real
+database and a real client API on loopback; streams read over raw sockets."""
+
+import threading
+import time
+
+import pytest
+import requests
+
+from helpers import EventStream, metric, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def live(pg):
+    """One service for the tests of this module that do not count worker-wide figures."""
+    from conftest import FAST
+    from helpers import Service
+
+    service = Service({"DATABASE_URL": pg.reader_url, **FAST})
+    yield service
+    service.stop()
+
+
+def open_stream(service, slug, **kwargs):
+    return EventStream(service.port, f"/api/public/{slug}/status/stream", **kwargs)
+
+
+def test_stream_headers_as_received_on_the_wire(live, project):
+    stream = open_stream(live, project)
+    assert stream.status_line == "HTTP/1.1 200 OK"
+    assert stream.headers["content-type"] == "text/event-stream"
+    assert stream.headers["cache-control"] == "no-store"
+    assert stream.headers["connection"] == "keep-alive"
+    assert stream.headers["x-accel-buffering"] == "no"
+    assert stream.headers["access-control-allow-origin"] == "*"
+    assert stream.headers["transfer-encoding"] == "chunked"
+    assert [name for name, _ in stream.header_list].count("Connection") == 1
+    stream.close()
+
+
+def test_http_1_0_clients_get_a_stream_until_close(live, project):
+    stream = open_stream(live, project, version="1.0")
+    assert stream.status == 200
+    assert stream.headers["connection"] == "close"
+    assert stream.next().event == "connected"
+    assert stream.next().event == "status_update"
+    stream.close()
+
+
+def test_connected_then_the_full_snapshot(live, project):
+    stream = open_stream(live, project)
+    connected = stream.next()
+    assert (connected.event, connected.retry, connected.json()) == ("connected", 250, {"project": project})
+    assert connected.id is None
+    update = stream.next()
+    assert update.event == "status_update"
+    assert update.json() == {"statuses": {"A101": "available", "A102": "reserved", "A103": "sold"}}
+    assert int(update.id) >= 1
+    stream.close()
+
+
+def test_a_cached_snapshot_is_sent_at_once(live, project):
+    requests.get(f"{live.url}/api/public/{project}/status", timeout=5)
+    stream = open_stream(live, project)
+    connected = stream.next()
+    update = stream.next()
+    assert update.event == "status_update"
+    assert update.at - connected.at < 0.05
+    stream.close()
+
+
+def test_a_change_upstream_arrives_as_bulk_update(live, project, upstream):
+    stream = open_stream(live, project)
+    first = stream.next_event("status_update")
+    upstream.set_statuses(f"/{project}", {"A101": "sold", "A102": "held", "A103": "closed"})
+    change = stream.next_event("bulk_update", timeout=3)
+    assert change.json() == {"updates": {"A101": "sold"}}
+    assert int(change.id) == int(first.id) + 1
+    upstream.set_statuses(f"/{project}", {"A101": "sold", "A103": "closed"})
+    gone = stream.next_event("bulk_update", timeout=3)
+    assert gone.json() == {"updates": {"A102": "hidden"}}
+    assert int(gone.id) == int(change.id) + 1
+    stream.close()
+
+
+def test_pings_keep_their_cadence(live, project):
+    stream = open_stream(live, project)
+    pings = []
+    deadline = time.monotonic() + 2.4
+    while time.monotonic() < deadline:
+        message = stream.next(deadline - time.monotonic())
+        if message is not None and message.event == "ping":
+            pings.append(message)
+    assert len(pings) >= 4
+    gaps = [b.at - a.at for a, b in zip(pings, pings[1:])]
+    assert all(0.35 < gap < 0.7 for gap in gaps), gaps
+    for ping in pings:
+        assert ping.id is None
+        assert abs(ping.json()["time"] - time.time()) < 5
+        assert isinstance(ping.json()["time"], int)
+    stream.close()
+
+
+def test_polling_follows_the_subscribers(live, pg, upstream):
+    slug = pg.add_project(pg.unique_slug(), base_url=upstream.url)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    time.sleep(0.5)
+    assert upstream.count(f"/{slug}") == 0            # nobody watches: nobody polls
+
+    stream = open_stream(live, slug)
+    stream.next_event("status_update")
+    time.sleep(1.0)
+    polled = upstream.count(f"/{slug}")
+    assert 4 <= polled <= 7                            # every 0.2 s
+
+    stream.close()
+    closed_at = time.monotonic()
+    time.sleep(0.3)
+    after_close = upstream.count(f"/{slug}")
+    time.sleep(1.0)
+    assert upstream.count(f"/{slug}") == after_close  # stopped within 0.3 s
+    last = upstream.requests_to(f"/{slug}")[-1].at
+    assert last - closed_at < 0.3
+
+
+def test_many_subscribers_share_one_poller(live, pg, upstream):
+    slug = pg.add_project(pg.unique_slug(), base_url=upstream.url, interval=0.25)
+    upstream.set_statuses(f"/{slug}", {"A1": "open", "A2": "open"})
+    streams = [open_stream(live, slug) for _ in range(25)]
+    for stream in streams:
+        assert stream.next_event("status_update").json() == {
+            "statuses": {"A1": "available", "A2": "available"}}
+    start = upstream.count(f"/{slug}")
+    time.sleep(1.5)
+    polled = upstream.count(f"/{slug}") - start
+    assert 4 <= polled <= 8                            # 1.5 s / 0.25 s, not 25 times that
+    upstream.set_statuses(f"/{slug}", {"A1": "open", "A2": "held"})
+    for stream in streams:
+        assert stream.next_event("bulk_update", timeout=3).json() == {"updates": {"A2": "reserved"}}
+        stream.close()
+
+
+def test_forced_refresh_reaches_subscribers(live, pg, upstream):
+    slug = pg.add_project(pg.unique_slug(), base_url=upstream.url, interval=60)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    stream = open_stream(live, slug)
+    stream.next_event("status_update")
+    upstream.set_statuses(f"/{slug}", {"A1": "closed"})
+    sent = time.monotonic()
+    response = requests.post(f"{live.url}/api/public/{slug}/status/refresh", timeout=5)
+    assert response.json()["statuses"] == {"A1": "sold"}
+    update = stream.next_event("bulk_update", timeout=2)
+    assert update.json() == {"updates": {"A1": "sold"}}
+    assert update.at - sent < 0.5
+    assert upstream.count(f"/{slug}") == 2
+    stream.close()
+
+
+def concurrently(n, call):
+    results = [None] * n
+    barrier = threading.Barrier(n)
+
+    def run(i):
+        barrier.wait()
+        results[i] = call()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_concurrent_cache_misses_share_one_request(live, pg, upstream):
+    slug = pg.add_project(pg.unique_slug(), base_url=upstream.url)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"}, delay=0.5)
+    responses = concurrently(20, lambda: requests.get(f"{live.url}/api/public/{slug}/status", timeout=5))
+    assert [r.status_code for r in responses] == [200] * 20
+    assert {r.text for r in responses} == {responses[0].text}
+    assert upstream.count(f"/{slug}") == 1
+
+
+def test_concurrent_refreshes_share_one_fetch(live, pg, upstream):
+    slug = pg.add_project(pg.unique_slug(), base_url=upstream.url)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"}, delay=0.5)
+    responses = concurrently(10, lambda: requests.post(f"{live.url}/api/public/{slug}/status/refresh", timeout=5))
+    assert [r.status_code for r in responses] == [200] * 10
+    assert upstream.count(f"/{slug}") == 1
+    late = requests.post(f"{live.url}/api/public/{slug}/status/refresh", timeout=5)
+    assert late.status_code == 429
+    assert late.headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize("last_event_id", ["garbage", "-5", "999999999", "", "1.5", "0"])
+def test_last_event_id_is_ignored(live, project, last_event_id):
+    stream = open_stream(live, project, headers={"Last-Event-ID": last_event_id})
+    assert stream.next().event == "connected"
+    assert stream.next().json()["statuses"]["A101"] == "available"
+    stream.close()
+
+
+def test_unknown_project_is_404_before_any_stream(live):
+    stream = open_stream(live, "no-such-project")
+    assert stream.status == 404
+    assert stream.headers["content-type"] == "application/json"
+    assert stream.headers["cache-control"] == "no-store"
+
+
+def test_the_first_snapshot_arrives_once_the_client_api_answers(live, pg, upstream):
+    slug = pg.add_project(pg.unique_slug(), base_url=upstream.url, interval=0.1)
+    upstream.set(f"/{slug}", b"down for maintenance", status=503)
+    stream = open_stream(live, slug)
+    assert stream.next().event == "connected"
+    assert stream.next().event == "ping"             # open, waiting, alive
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    update = stream.next_event("status_update", timeout=5)
+    assert update.json() == {"statuses": {"A1": "available"}}
+    stream.close()
+
+
+def test_streams_of_a_deactivated_project_end(live, pg, upstream):
+    slug = pg.add_project(pg.unique_slug(), base_url=upstream.url, interval=0.1)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    stream = open_stream(live, slug)
+    stream.next_event("status_update")
+    pg.set_active(slug, False)
+    while stream.next(timeout=3) is not None:
+        pass
+    assert stream.closed
+    assert open_stream(live, slug).status == 404
+
+
+def test_a_closed_client_is_unsubscribed_at_once(start_service, project):
+    """Pings every 30 s: only the socket watcher can notice the close this fast."""
+    service = start_service(SSE_PING_INTERVAL="30")
+    stream = open_stream(service, project)
+    stream.next_event("status_update")
+    assert metric(service.url, "public_status_open_streams") == 1
+    assert metric(service.url, "public_status_pollers") == 1
+    stream.close()
+    closed = time.monotonic()
+    wait_for(lambda: metric(service.url, "public_status_open_streams") == 0, timeout=2, interval=0.002)
+    delay = time.monotonic() - closed
+    print(f"\ndisconnect noticed after {delay * 1000:.1f} ms")
+    assert delay < 0.5
+    assert metric(service.url, "public_status_pollers") == 0
+    assert metric(service.url, "public_status_watched_projects") == 0

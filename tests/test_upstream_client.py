@@ -1,0 +1,149 @@
+"""The upstream client alone, its transport replaced by requests-mock."""
+
+import base64
+import json
+
+import pytest
+import requests
+import requests_mock as rm
+
+from public_service import UpstreamClient, UpstreamError, project_from_row
+
+BASE = "https://client.example.com/api"
+
+
+def make_project(auth_type=None, credentials=None, base=BASE, endpoint="units", timeout=None):
+    return project_from_row(
+        "demo", (base, endpoint, auth_type, json.dumps(credentials) if credentials else None,
+                 timeout, None, None), 30.0)
+
+
+@pytest.fixture
+def client():
+    return UpstreamClient(max_bytes=1000)
+
+
+@pytest.fixture
+def mock(client):
+    with rm.Mocker(session=client.session) as mocker:
+        yield mocker
+
+
+def test_fetch_joins_the_url_and_parses(client, mock):
+    mock.get(BASE + "/units", json={"A1": "open"})
+    assert client.fetch(make_project()) == {"A1": "open"}
+    assert mock.last_request.headers["Accept"] == "application/json"
+    assert "Authorization" not in mock.last_request.headers
+
+
+def test_bearer_header(client, mock):
+    mock.get(BASE + "/units", json={})
+    client.fetch(make_project("bearer", {"token": "tok-123"}))
+    assert mock.last_request.headers["Authorization"] == "Bearer tok-123"
+
+
+def test_api_key_header(client, mock):
+    mock.get(BASE + "/units", json={})
+    client.fetch(make_project("api_key", {"header": "X-Client-Key", "key": "k-456"}))
+    assert mock.last_request.headers["X-Client-Key"] == "k-456"
+    client.fetch(make_project("api_key", {"api_key": "k-789"}))
+    assert mock.last_request.headers["X-API-Key"] == "k-789"
+
+
+def test_basic_header(client, mock):
+    mock.get(BASE + "/units", json={})
+    client.fetch(make_project("basic", {"username": "ann", "password": "pw"}))
+    assert mock.last_request.headers["Authorization"] == "Basic " + base64.b64encode(b"ann:pw").decode()
+
+
+def test_userinfo_in_the_base_url_becomes_basic_auth_and_leaves_the_url(client, mock):
+    mock.get(BASE + "/units", json={})
+    client.fetch(make_project(base="https://ann:pw@client.example.com/api"))
+    assert mock.last_request.url == BASE + "/units"
+    assert mock.last_request.headers["Authorization"] == "Basic " + base64.b64encode(b"ann:pw").decode()
+
+
+def test_configured_auth_wins_over_userinfo(client, mock):
+    mock.get(BASE + "/units", json={})
+    client.fetch(make_project("bearer", {"token": "t"}, base="https://ann:pw@client.example.com/api"))
+    assert mock.last_request.headers["Authorization"] == "Bearer t"
+
+
+def test_absolute_endpoint_is_used_as_is(client, mock):
+    mock.get("https://elsewhere.example.com/s", json={"B1": "sold"})
+    assert client.fetch(make_project(endpoint="https://elsewhere.example.com/s")) == {"B1": "sold"}
+
+
+def test_timeout_is_passed_to_requests(client, mock):
+    mock.get(BASE + "/units", json={})
+    client.fetch(make_project(timeout=2.5))
+    assert mock.last_request.timeout == 2.5
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 500, 502, 503])
+def test_http_errors(client, mock, status):
+    mock.get(BASE + "/units", status_code=status, text="oops")
+    with pytest.raises(UpstreamError) as raised:
+        client.fetch(make_project())
+    assert (raised.value.outcome, raised.value.detail) == ("http_error", f"HTTP {status}")
+
+
+def test_redirects_are_not_followed(client, mock):
+    mock.get(BASE + "/units", status_code=302, headers={"Location": "https://evil.example.com/"})
+    mock.get("https://evil.example.com/", json={})
+    with pytest.raises(UpstreamError, match="HTTP 302"):
+        client.fetch(make_project("api_key", {"key": "k"}))
+    assert mock.call_count == 1
+
+
+@pytest.mark.parametrize(("exception", "outcome"), [
+    (requests.exceptions.ConnectTimeout, "timeout"),
+    (requests.exceptions.ReadTimeout, "timeout"),
+    (requests.exceptions.SSLError, "tls"),
+    (requests.exceptions.ConnectionError, "connection"),
+    (requests.exceptions.ChunkedEncodingError, "connection"),
+])
+def test_transport_errors(client, mock, exception, outcome):
+    mock.get(BASE + "/units", exc=exception("https://secret@client.example.com/api/units?key=x"))
+    with pytest.raises(UpstreamError) as raised:
+        client.fetch(make_project())
+    assert raised.value.outcome == outcome
+    assert "secret" not in str(raised.value) and "key=x" not in str(raised.value)
+
+
+@pytest.mark.parametrize("body", [b"<html>", b"", b'"open"', b'[{"unit": "A1"}]'])
+def test_bad_bodies(client, mock, body):
+    mock.get(BASE + "/units", content=body)
+    with pytest.raises(UpstreamError) as raised:
+        client.fetch(make_project())
+    assert raised.value.outcome == "bad_body"
+
+
+def test_declared_oversized_body(client, mock):
+    mock.get(BASE + "/units", content=b"{}", headers={"Content-Length": "1001"})
+    with pytest.raises(UpstreamError) as raised:
+        client.fetch(make_project())
+    assert raised.value.outcome == "too_large"
+
+
+def test_streamed_oversized_body(client, mock):
+    body = json.dumps({f"U{i}": "open" for i in range(200)}).encode()
+    assert len(body) > 1000
+    mock.get(BASE + "/units", content=body)
+    with pytest.raises(UpstreamError) as raised:
+        client.fetch(make_project())
+    assert raised.value.outcome == "too_large"
+
+
+def test_body_at_the_limit_is_fine():
+    client = UpstreamClient(max_bytes=len(b'{"A": "open"}'))
+    with rm.Mocker(session=client.session) as mock:
+        mock.get(BASE + "/units", content=b'{"A": "open"}')
+        assert client.fetch(make_project()) == {"A": "open"}
+
+
+def test_unusable_config_fails_without_a_request(client, mock):
+    with pytest.raises(UpstreamError) as raised:
+        client.fetch(make_project("bearer", None))
+    assert raised.value.outcome == "config"
+    assert mock.call_count == 0

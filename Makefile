@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` and `make test`. Both create the
+# virtualenv in .venv and install the pinned packages on first use.
+
+VENV   ?= .venv
+PYTHON := $(VENV)/bin/python
+PORT   ?= 8000
+
+.PHONY: run test test-fast lint clean
+
+run: $(VENV)/.runtime
+	PATH="$(abspath $(VENV))/bin:$$PATH" PORT=$(PORT) sh -c "exec $$(sed -n 's/^web: //p' Procfile)"
+
+test: $(VENV)/.dev
+	scripts/ensure-services.sh
+	$(PYTHON) -m pytest
+
+test-fast: $(VENV)/.dev
+	$(PYTHON) -m pytest -m "not e2e and not browser"
+
+lint: $(VENV)/.dev
+	$(PYTHON) -m pip install -q ruff && $(PYTHON) -m ruff check .
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(PYTHON)
+	$(PYTHON) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt | $(PYTHON)
+	$(PYTHON) -m pip install -q -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -549,8 +549,11 @@ class ConnectionPool:
         self._slots = gevent.lock.BoundedSemaphore(size)
 
     @contextmanager
-    def connection(self):
+    def connection(self, fresh: bool = False):
+        """A connection for one use; `fresh` drops the idle ones and opens a new one."""
         with self._slots:
+            if fresh:
+                self.discard_idle()
             conn = self._idle.pop() if self._idle else self._connect()
             try:
                 yield conn
@@ -561,9 +564,12 @@ class ConnectionPool:
                 return
             self._idle.append(conn)
 
-    def close(self) -> None:
+    def discard_idle(self) -> int:
+        """Close every idle connection; how many there were."""
+        count = len(self._idle)
         while self._idle:
             self._idle.pop().close()
+        return count
 
 
 class Database:
@@ -590,14 +596,23 @@ class Database:
         """Run one SELECT; DatabaseUnavailable for anything that goes wrong."""
         try:
             with gevent.Timeout(self._timeout, DatabaseUnavailable("the database timed out")):
-                with self._pool.connection() as conn, conn.cursor() as cursor:
-                    cursor.execute(sql, params)
-                    return cursor.fetchone()
+                try:
+                    return self._execute(sql, params)
+                except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                    # The pool may have handed out a connection the server had dropped.
+                    # A restart or an idle-connection kill drops them all at once: open
+                    # a new one and try once more.
+                    return self._execute(sql, params, fresh=True)
         except psycopg2.Error as exc:
             raise DatabaseUnavailable(f"{type(exc).__name__} ({exc.pgcode or 'no code'})") from exc
 
+    def _execute(self, sql: str, params: tuple, fresh: bool = False) -> tuple | None:
+        with self._pool.connection(fresh) as conn, conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+
     def close(self) -> None:
-        self._pool.close()
+        self._pool.discard_idle()
 
 
 def _connection_params(url: str, timeout: float) -> dict[str, Any]:
@@ -1125,11 +1140,21 @@ class Subscriber:
         """Close, and shut the socket down so a write stuck on a reader that never reads
         fails now."""
         self.close()
+        self._hang_up()
+
+    def finish(self) -> None:
+        """The response is over. While the worker shuts down, also hang up, so the
+        client reconnects to another worker instead of reusing this connection."""
+        self.close()
+        if self._hub.shutting_down:
+            self._hang_up()
+
+    def _hang_up(self) -> None:
         if self._socket is not None:
             try:
                 self._socket.shutdown(socket.SHUT_RDWR)
             except OSError:
-                pass
+                pass  # already gone
 
 
 class StreamsFull(PublicStatusError):
@@ -1338,7 +1363,7 @@ def stream_status(slug: str):
                         200, content_type="text/event-stream")
     response.headers["Connection"] = "keep-alive"
     response.headers["X-Accel-Buffering"] = "no"
-    response.call_on_close(subscriber.close)
+    response.call_on_close(subscriber.finish)
     return response
 
 

@@ -33,6 +33,9 @@ class Route:
     delay: float = 0.0
     trickle: bool = False          # send headers, then one byte a second, forever
     headers: dict = field(default_factory=dict)
+    declare_length: bool = True    # False: no Content-Length, the body ends at close
+    bodies: list = field(default_factory=list)   # if set, answered in turn, cycling
+    served: int = 0
 
 
 @dataclass
@@ -88,6 +91,9 @@ class Upstream:
                 with upstream._lock:
                     upstream.seen.append(SeenRequest(path, dict(self.headers), time.monotonic()))
                     route = upstream.routes.get(path)
+                    if route is not None:
+                        body = route.bodies[route.served % len(route.bodies)] if route.bodies else route.body
+                        route.served += 1
                 if route is None:
                     self.send_error(404)
                     return
@@ -106,10 +112,11 @@ class Upstream:
                     except OSError:
                         return
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(route.body)))
+                if route.declare_length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 try:
-                    self.wfile.write(route.body)
+                    self.wfile.write(body)
                 except OSError:
                     pass
 
@@ -117,6 +124,75 @@ class Upstream:
                 pass
 
         return Handler
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target, so a test can take the target away.
+
+    `cut()` makes it look stopped: new connections are refused and open ones are
+    dropped. `restore()` serves again on the same port.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+        self._target = (target_host, target_port)
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener = None
+        self.port = 0
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)   # wakes the accept(); close() would not
+        except OSError:
+            pass
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self._target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 # --------------------------------------------------------------------------- the service

@@ -134,3 +134,33 @@ def test_unreachable_database(pg):
 def test_the_query_is_a_plain_select():
     assert PROJECT_SQL.strip().upper().startswith("SELECT")
     assert "%s" in PROJECT_SQL and "format(" not in PROJECT_SQL
+
+
+def test_known_projects_outlive_a_database_outage(pg):
+    from helpers import TcpProxy
+
+    proxy = TcpProxy(5432)
+    clock = FakeClock()
+    url = pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    directory, db = directory_for(url, clock)
+    known = pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
+    unknown = pg.unique_slug()
+    other = pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
+    assert directory.get(known) is not None
+    assert directory.get(unknown) is None
+
+    proxy.cut()
+    clock.now += 31
+    assert directory.get(known).slug == known        # stale row, however old
+    with pytest.raises(DatabaseUnavailable):
+        directory.get(other)                          # never seen
+    with pytest.raises(DatabaseUnavailable):
+        directory.get(unknown)                        # an expired "no such project" is not trusted
+    assert directory._metrics.db_errors._value.get() == 1   # within a second: not asked again
+
+    proxy.restore()
+    clock.now += 1
+    assert directory.get(other).slug == other
+    assert directory.get(unknown) is None
+    db.close()
+    proxy.cut()

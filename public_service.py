@@ -53,6 +53,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -1376,6 +1377,14 @@ def _client_socket(environ: Mapping[str, Any]) -> socket.socket | None:
     return sock if hasattr(sock, "fileno") else None
 
 
+@routes.get("/")
+def board():
+    """The live status board (board.html): static, so browsers may keep it, revalidating."""
+    response = Response(_app().board_page, 200, content_type="text/html; charset=utf-8")
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
 @routes.get("/healthz")
 def healthz():
     return Response(json.dumps({"status": "ok"}), 200, content_type="application/json")
@@ -1552,6 +1561,7 @@ class PublicStatus:
     service: StatusService
     metrics: Metrics
     redactor: SecretRedactor
+    board_page: bytes
 
     def shutdown(self) -> None:
         self.service.hub.shutdown()
@@ -1574,6 +1584,8 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
 
     app = Flask(__name__)
     app.url_map.merge_slashes = False  # `/api//public/x/status` must not be a 308
-    app.extensions["public_status"] = PublicStatus(config, db, directory, service, metrics, redactor)
+    board_page = Path(__file__).with_name("board.html").read_bytes()
+    app.extensions["public_status"] = PublicStatus(config, db, directory, service, metrics,
+                                                   redactor, board_page)
     app.register_blueprint(routes)
     return app

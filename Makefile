@@ -8,7 +8,7 @@ PORT   ?= 8000
 .PHONY: run test test-fast lint clean
 
 run: $(VENV)/.runtime
-	PATH="$(abspath $(VENV))/bin:$$PATH" PORT=$(PORT) sh -c "exec $$(sed -n 's/^web: //p' Procfile)"
+	PATH="$(abspath $(VENV))/bin:$$PATH" PORT=$(PORT) $(PYTHON) demo.py
 
 test: $(VENV)/.dev
 	scripts/ensure-services.sh

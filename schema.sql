@@ -1,5 +1,6 @@
 -- The two tables of the shared database that public-status reads, as the admin
 -- service owns them (columns the service does not read are included on purpose).
+-- Used by `demo.py` and the tests; the service itself never creates anything.
 CREATE TABLE projects (
     id          bigserial PRIMARY KEY,
     slug        text UNIQUE NOT NULL,

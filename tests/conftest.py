@@ -11,13 +11,13 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from helpers import Service, Upstream
 
 import public_service
+from helpers import Service, Upstream
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 READER_PASSWORD = "reader-pw-Zq81x"  # distinctive, so tests can look for it in logs
-SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
+SCHEMA = (Path(__file__).parent.parent / "schema.sql").read_text()
 TEXT_COLUMNS = """
 CREATE SCHEMA textcols;
 CREATE TABLE textcols.projects (LIKE public.projects INCLUDING DEFAULTS);
@@ -152,8 +152,8 @@ def start_service(pg):
     """Start the real service under gunicorn; every one started is stopped afterwards."""
     started: list[Service] = []
 
-    def start(**env) -> Service:
-        service = Service({"DATABASE_URL": pg.reader_url, **FAST, **env})
+    def start(port: int = 0, **env) -> Service:
+        service = Service({"DATABASE_URL": pg.reader_url, **FAST, **env}, port=port)
         started.append(service)
         return service
 

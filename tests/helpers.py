@@ -34,6 +34,7 @@ class Route:
     trickle: bool = False          # send headers, then one byte a second, forever
     headers: dict = field(default_factory=dict)
     declare_length: bool = True    # False: no Content-Length, the body ends at close
+    content_type: str = "application/json"
     bodies: list = field(default_factory=list)   # if set, answered in turn, cycling
     served: int = 0
 
@@ -111,7 +112,7 @@ class Upstream:
                             time.sleep(1)
                     except OSError:
                         return
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", route.content_type)
                 if route.declare_length:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -211,10 +212,10 @@ class Service:
     Its stderr and stdout are kept (`logs()`), so tests can read what it logged.
     """
 
-    def __init__(self, env: dict[str, str], extra_args: list[str] | None = None):
+    def __init__(self, env: dict[str, str], port: int = 0, extra_args: list[str] | None = None):
         command = procfile_command()
         command = [sys.executable, "-m", "gunicorn"] + [
-            "127.0.0.1:0" if arg.startswith("0.0.0.0:") else arg for arg in command[1:]
+            f"127.0.0.1:{port}" if arg.startswith("0.0.0.0:") else arg for arg in command[1:]
         ] + (extra_args or [])
         base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PORT": "0"}
         self.process = subprocess.Popen(

@@ -186,7 +186,7 @@ def test_the_poller_backs_off_and_recovers(faulty, pg, upstream):
     failing_from = time.monotonic()
     time.sleep(4)
     tried = [r.at for r in upstream.requests_to(f"/{slug}") if r.at > failing_from]
-    gaps = [b - a for a, b in zip(tried, tried[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(tried)]
     assert 4 <= len(tried) <= 10, gaps                 # not 40: it backed off
     assert all(0.095 <= gap <= 0.85 for gap in gaps), gaps   # never under 1, never over 8 intervals
     assert max(gaps) >= 0.4 and gaps[0] <= 0.25, gaps
@@ -196,7 +196,7 @@ def test_the_poller_backs_off_and_recovers(faulty, pg, upstream):
     recovered = time.monotonic()
     time.sleep(0.8)
     tried = [r.at for r in upstream.requests_to(f"/{slug}") if r.at > recovered]
-    gaps = [b - a for a, b in zip(tried, tried[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(tried)]
     assert len(tried) >= 5 and all(gap < 0.2 for gap in gaps), gaps   # back to 0.1 s
     stream.close()
 
@@ -287,7 +287,7 @@ def test_a_reader_that_never_reads_does_not_delay_the_others(own_service, pg, up
     for thread in threads:
         thread.join()
     for times in arrivals:
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert len(times) >= 10 and max(gaps) < 1.0, gaps
     stalled.settimeout(5)
     with pytest.raises((ConnectionResetError, TimeoutError)):

@@ -1,6 +1,7 @@
 """End to end: the Procfile command (gunicorn, gevent worker) against the real
 database and a real client API on loopback; streams read over raw sockets."""
 
+import itertools
 import threading
 import time
 
@@ -94,7 +95,7 @@ def test_pings_keep_their_cadence(live, project):
         if message is not None and message.event == "ping":
             pings.append(message)
     assert len(pings) >= 4
-    gaps = [b.at - a.at for a, b in zip(pings, pings[1:])]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(pings)]
     assert all(0.35 < gap < 0.7 for gap in gaps), gaps
     for ping in pings:
         assert ping.id is None

@@ -1,0 +1,82 @@
+"""The operator's view: metrics that move as the service works, and JSON log lines."""
+
+import json
+import time
+
+import pytest
+import requests
+
+from helpers import EventStream, metric, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def test_metrics_move_as_the_service_works(start_service, pg, upstream):
+    service = start_service(SSE_PING_INTERVAL="30")
+    slug = pg.add_project(pg.unique_slug("metrics"), base_url=upstream.url)
+    broken = pg.add_project(pg.unique_slug("metrics"), base_url=upstream.url)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    upstream.set(f"/{broken}", b"nope", status=500)
+
+    def m(name, labels=""):
+        return metric(service.url, name, labels)
+
+    assert m("public_status_open_streams") == 0
+    requests.get(f"{service.url}/api/public/{slug}/status", timeout=5)
+    requests.get(f"{service.url}/api/public/{slug}/status", timeout=5)
+    assert m("public_status_cache_total", 'result="miss"') == 1
+    assert m("public_status_cache_total", 'result="hit"') == 1
+    assert m("public_status_upstream_requests_total", 'outcome="ok"') == 1
+    assert m("public_status_upstream_seconds_count") == 1
+
+    requests.get(f"{service.url}/api/public/{broken}/status", timeout=5)
+    assert m("public_status_upstream_requests_total", 'outcome="http_error"') == 1
+
+    time.sleep(0.55)
+    requests.get(f"{service.url}/api/public/{slug}/status", timeout=5)
+    upstream.set(f"/{slug}", b"nope", status=500)
+    time.sleep(0.55)
+    requests.get(f"{service.url}/api/public/{slug}/status", timeout=5)
+    assert m("public_status_cache_total", 'result="stale"') == 1
+
+    requests.post(f"{service.url}/api/public/{slug}/status/refresh", timeout=5)
+    requests.post(f"{service.url}/api/public/{slug}/status/refresh", timeout=5)
+    assert m("public_status_refresh_limited_total") == 1
+
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    streams = [EventStream(service.port, f"/api/public/{slug}/status/stream") for _ in range(3)]
+    streams.append(EventStream(service.port, f"/api/public/{broken}/status/stream"))
+    for stream in streams:
+        stream.next_event("connected")
+    assert m("public_status_open_streams") == 4
+    assert m("public_status_watched_projects") == 2
+    assert m("public_status_pollers") == 2
+    for stream in streams:
+        stream.close()
+    wait_for(lambda: m("public_status_pollers") == 0)
+    assert m("public_status_open_streams") == 0 and m("public_status_watched_projects") == 0
+
+    text = requests.get(f"{service.url}/metrics", timeout=5).text
+    requests.get(f"{service.url}/api/public/unknown-slug-xyz/status", timeout=5)
+    assert "unknown-slug-xyz" not in requests.get(f"{service.url}/metrics", timeout=5).text
+    assert slug not in text and broken not in text   # no slugs as label values at all
+
+
+def test_json_logs_carry_project_event_and_duration(start_service, pg, upstream):
+    service = start_service(LOG_FORMAT="json")
+    slug = pg.add_project(pg.unique_slug("logs"), base_url=upstream.url)
+    upstream.set(f"/{slug}", b"nope", status=502)
+    assert requests.get(f"{service.url}/api/public/{slug}/status", timeout=5).status_code == 503
+
+    def ours():
+        entries = []
+        for line in service.logs().splitlines():
+            if line.startswith("{"):
+                entries.append(json.loads(line))
+        return [e for e in entries if e.get("project") == slug]
+
+    [entry] = wait_for(ours)
+    assert entry["event"] == "upstream_failed"
+    assert entry["level"] == "WARNING" and entry["logger"] == "public_service"
+    assert isinstance(entry["duration"], float) and entry["duration"] < 1
+    assert "HTTP 502" in entry["message"]

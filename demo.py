@@ -18,6 +18,7 @@ None of this is part of the service: it only writes rows the admin service would
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import json
 import os
 import random
@@ -29,6 +30,7 @@ import sys
 import threading
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -72,16 +74,17 @@ def embedded_postgres() -> tuple[str, object]:
     Run as root, pgserver creates a `pgserver` system user to own the server and
     opens up the permissions of the data folder's parents for it.
     """
-    try:
-        import pgserver
-    except ImportError:
+    if importlib.util.find_spec("pgserver") is None:
         log("installing the embedded PostgreSQL (pgserver, about 35 MB)")
         subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-r",
                                str(ROOT / "requirements-demo.txt")])
-        import pgserver
     data = ROOT / ".data"
     data.mkdir(exist_ok=True)
-    server = pgserver.get_server(data / "pg", cleanup_mode="stop")
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        server = pgserver.get_server(data / "pg", cleanup_mode="stop")
     return server.get_uri("postgres"), server
 
 

@@ -5,17 +5,23 @@ VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 PORT   ?= 8000
 
-.PHONY: run test test-fast lint clean
+.PHONY: run test test-fast bench bench-full lint clean
 
 run: $(VENV)/.runtime
 	PATH="$(abspath $(VENV))/bin:$$PATH" PORT=$(PORT) $(PYTHON) demo.py
 
 test: $(VENV)/.dev
 	scripts/ensure-services.sh
+	scripts/ensure-tool.sh chromium
 	$(PYTHON) -m pytest
 
 test-fast: $(VENV)/.dev
 	$(PYTHON) -m pytest -m "not e2e and not browser"
+
+bench bench-full: $(VENV)/.dev
+	scripts/ensure-services.sh
+	scripts/ensure-tool.sh wrk
+	$(PYTHON) bench/run.py $(if $(filter bench-full,$@),--full)
 
 lint: $(VENV)/.dev
 	$(PYTHON) -m pip install -q ruff && $(PYTHON) -m ruff check .

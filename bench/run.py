@@ -1,0 +1,327 @@
+"""`make bench` (quick, under 3 minutes) and `make bench-full` (under 10).
+
+Starts the service under gunicorn's gevent worker (1 worker, pinned to core 0) against
+the machine's PostgreSQL and a fake client API, drives it from a load generator on
+core 1 (wrk for GET, bench/load.py for streams), and does the same to the floor of our
+stack (bench/floor.py: bare Flask on the same worker, and a bare gevent broadcast), so
+that our figures print as ratios to the floor measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg2
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_URL = os.environ.get("BENCH_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DATABASE, ROLE = "public_status_bench", "public_status_bench_reader"
+SERVER_CORE, LOAD_CORE = "0", "1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http(method: str, url: str) -> bytes:
+    request = urllib.request.Request(url, method=method)
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return answer.read()
+
+
+# --------------------------------------------------------------------------- set-up
+
+def prepare_database(upstream_url: str) -> str:
+    admin = psycopg2.connect(ADMIN_URL)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        cursor.execute(f"DROP ROLE IF EXISTS {ROLE}")
+        cursor.execute(f"CREATE ROLE {ROLE} LOGIN")
+        cursor.execute(f"CREATE DATABASE {DATABASE}")
+    admin.close()
+    conn = psycopg2.connect(ADMIN_URL.rsplit("/", 1)[0] + f"/{DATABASE}")
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute((ROOT / "schema.sql").read_text())
+        cursor.execute(f"GRANT SELECT ON projects, integration_configs TO {ROLE}")
+        for slug, interval in (("bench-get", 3600), ("bench-poll", 1)):
+            cursor.execute("INSERT INTO projects (slug) VALUES (%s) RETURNING id", (slug,))
+            cursor.execute(
+                "INSERT INTO integration_configs (project_id, api_base_url, status_endpoint, "
+                "polling_interval_seconds) VALUES (%s, %s, %s, %s)",
+                (cursor.fetchone()[0], upstream_url, f"/{slug}", interval))
+    conn.close()
+    return ADMIN_URL.rsplit("/", 1)[0].replace("postgres@", f"{ROLE}@") + f"/{DATABASE}"
+
+
+def procfile_args() -> list[str]:
+    """The Procfile's gunicorn flags, without the access log (off for us and the floor)."""
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    line = next(line for line in lines if line.startswith("web:"))
+    args = shlex.split(line.removeprefix("web:"))[1:]
+    cut = args.index("--access-logfile")
+    del args[cut:cut + 2]
+    return [a for a in args if not a.startswith("0.0.0.0:") and a != "--bind" and a != "wsgi:app"]
+
+
+class Server:
+    """A gunicorn (or other) process pinned to the server core."""
+
+    def __init__(self, name: str, command: list[str], port: int, env: dict | None = None,
+                 core: str = SERVER_CORE):
+        self.name, self.port = name, port
+        self.process = subprocess.Popen(
+            ["taskset", "-c", core, *command], cwd=ROOT, env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise SystemExit(f"{name} did not start: {self.process.stderr.read()}")
+        time.sleep(0.3)
+
+    def worker_pid(self) -> int:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return int(children[0]) if children else self.process.pid
+
+    def rss_kb(self) -> int:
+        status = Path(f"/proc/{self.worker_pid()}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def gunicorn(name: str, app: str, env: dict | None = None, floor: bool = False) -> Server:
+    """Our Procfile's flags; the floor always runs on gunicorn's default gevent worker,
+    the one the targets are stated against."""
+    port = free_port()
+    args = procfile_args()
+    if floor:
+        at = args.index("--worker-class")
+        args[at + 1] = "gevent"
+    command = [sys.executable, "-m", "gunicorn", *args, "--bind", f"127.0.0.1:{port}", app]
+    return Server(name, command, port, env)
+
+
+class LoadGenerator:
+    def __init__(self):
+        self.process = subprocess.Popen(
+            ["taskset", "-c", LOAD_CORE, sys.executable, str(ROOT / "bench" / "load.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def __call__(self, cmd: str, **args) -> dict:
+        self.process.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+
+# --------------------------------------------------------------------------- phases
+
+def wrk(port: int, seconds: int) -> dict:
+    output = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c50", f"-d{seconds}s",
+         f"http://127.0.0.1:{port}/api/public/bench-get/status"],
+        capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    mean = re.search(r"Latency\s+([\d.]+)(us|ms|s)", output)
+    scale = {"us": 0.001, "ms": 1, "s": 1000}[mean.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {"rps": rate, "mean_ms": float(mean.group(1)) * scale,
+            "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def get_phase(ours: Server, floor: Server, seconds: int, rounds: int) -> dict:
+    http("GET", f"http://127.0.0.1:{ours.port}/api/public/bench-get/status")  # warm
+    runs = {"ours": [], "floor": []}
+    for _ in range(rounds):
+        runs["floor"].append(wrk(floor.port, seconds))
+        runs["ours"].append(wrk(ours.port, seconds))
+    return {who: {"rps": statistics.median(r["rps"] for r in results),
+                  "mean_ms": statistics.median(r["mean_ms"] for r in results),
+                  "non_2xx": sum(r["non_2xx"] for r in results)}
+            for who, results in runs.items()}
+
+
+def stream_phase(server: Server, load: LoadGenerator, path: str, initial: str, trigger: tuple,
+                 count: int, changes: int, before_trigger=None) -> dict:
+    baseline = server.rss_kb()
+    opened = load("open", port=server.port, path=path, count=count, marker=initial)
+    time.sleep(1)
+    held_kb = server.rss_kb() - baseline
+    deliveries = []
+    for _ in range(changes):
+        if before_trigger:
+            before_trigger()
+        method, trigger_path = trigger
+        deliveries.append(load("deliver", port=server.port, method=method, path=trigger_path,
+                               marker="bulk_update"))
+        time.sleep(0.5)
+    load("close_all")
+    latencies_p99 = [d["p99_ms"] for d in deliveries if d["p99_ms"] is not None]
+    return {
+        "opened": opened,
+        "kb_per_stream": held_kb / max(1, opened["ready"]),
+        "delivered": sum(d["delivered"] for d in deliveries),
+        "expected": sum(d["expected"] for d in deliveries),
+        "p50_ms": statistics.median(d["p50_ms"] for d in deliveries),
+        "p99_ms": statistics.median(latencies_p99) if latencies_p99 else None,
+        "worst_p99_ms": max(latencies_p99) if latencies_p99 else None,
+        "runs": deliveries,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+def row(figure, ours, floor, ratio, target, met):
+    return f"| {figure} | {ours} | {floor} | {ratio} | {target} | {'yes' if met else 'NO'} |"
+
+
+def report(results: dict) -> str:
+    get, fan, floor_fan = results["get"], results["fanout"], results["floor_fanout"]
+    held, first, polls = results["held"], results["first_event"], results["polling"]
+    rps_ratio = get["ours"]["rps"] / get["floor"]["rps"]
+    p99_ratio = fan["p99_ms"] / floor_fan["p99_ms"]
+    lines = [
+        f"public-status benchmark, {results['mode']} mode, {results['date']}, {results['machine']}",
+        "",
+        "| figure | ours | floor | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+        row("streams held in one worker", f"{held['opened']['ready']:,} ({held['opened']['errors']} errors)",
+            "", "", "10,000 without errors",
+            held["opened"]["ready"] >= 10_000 and held["opened"]["errors"] == 0),
+        row(f"one change to {fan['opened']['ready']:,} subscribers, p99",
+            f"{fan['p99_ms']:.0f} ms", f"{floor_fan['p99_ms']:.0f} ms", f"{p99_ratio:.2f}",
+            "<= 1.3 x floor", p99_ratio <= 1.3),
+        row("  delivered", f"{fan['delivered']}/{fan['expected']}",
+            f"{floor_fan['delivered']}/{floor_fan['expected']}", "", "100%",
+            fan["delivered"] == fan["expected"]),
+        row("  p50 / worst p99", f"{fan['p50_ms']:.0f} / {fan['worst_p99_ms']:.0f} ms",
+            f"{floor_fan['p50_ms']:.0f} / {floor_fan['worst_p99_ms']:.0f} ms", "", "", True),
+        row(f"memory per idle stream ({held['opened']['ready']:,} / 5,000 streams)",
+            f"{held['kb_per_stream']:.1f} / {fan['kb_per_stream']:.1f} KB",
+            f"- / {floor_fan['kb_per_stream']:.1f} KB", f"{fan['kb_per_stream'] / floor_fan['kb_per_stream']:.2f}",
+            "<= 30 KB", max(held["kb_per_stream"], fan["kb_per_stream"]) <= 30),
+        row("first status_update, warm cache, p99", f"{first['p99_ms']:.2f} ms",
+            "", "", "<= 5 ms", first["p99_ms"] <= 5),
+        row(f"upstream requests, 1,000 subscribers, {polls['seconds']:.0f} s at 1 s",
+            f"{polls['requests']}", "", "", f"{polls['expected']} +/- 1",
+            abs(polls["requests"] - polls["expected"]) <= 1),
+        row("GET /status warm, req/s at 50 connections", f"{get['ours']['rps']:,.0f}",
+            f"{get['floor']['rps']:,.0f}", f"{rps_ratio:.2f}", ">= 2 x floor", rps_ratio >= 2),
+        row("  mean latency", f"{get['ours']['mean_ms']:.2f} ms", f"{get['floor']['mean_ms']:.2f} ms",
+            "", "", get["ours"]["non_2xx"] == 0),
+        "",
+        f"load generator CPU: {results['load_cpu']['cpu_seconds']:.1f} s of "
+        f"{results['load_cpu']['wall_seconds']:.0f} s wall (streams); wrk ran on the same core",
+    ]
+    return "\n".join(lines)
+
+
+def raise_open_files_limit() -> None:
+    """Soft limit up to the hard one (10,000 streams need 10,000 descriptors a side)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="longer runs (under 10 minutes)")
+    options = parser.parse_args()
+    full = options.full
+    raise_open_files_limit()
+    started = time.monotonic()
+
+    upstream_port = free_port()
+    upstream = Server("client API", [sys.executable, str(ROOT / "bench" / "upstream.py"), str(upstream_port)],
+                      upstream_port, core=LOAD_CORE)
+    upstream_url = f"http://127.0.0.1:{upstream_port}"
+    database_url = prepare_database(upstream_url)
+    env = {"DATABASE_URL": database_url, "STATUS_CACHE_TTL": "3600", "SSE_PING_INTERVAL": "3600",
+           "REFRESH_MIN_INTERVAL": "0", "PROJECT_CACHE_TTL": "3600", "LOG_LEVEL": "WARNING",
+           "MAX_STREAMS": "20000"}
+    load = LoadGenerator()
+    results = {"mode": "full" if full else "quick", "date": time.strftime("%Y-%m-%d"),
+               "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+                          f"Python {platform.python_version()}"}
+    try:
+        ours = gunicorn("public-status", "wsgi:app", env)
+        body = http("GET", f"http://127.0.0.1:{ours.port}/api/public/bench-get/status")
+        floor = gunicorn("floor: bare Flask", "bench.floor:flask_app",
+                         {"FLOOR_BODY_BYTES": str(len(body))}, floor=True)
+        results["get"] = get_phase(ours, floor, 10 if full else 5, 3 if full else 1)
+        floor.stop()
+        ours.stop()
+
+        # Streams on a fresh worker, so that its memory grows from a clean baseline.
+        ours = gunicorn("public-status", "wsgi:app", env)
+        http("GET", f"http://127.0.0.1:{ours.port}/api/public/bench-get/status")  # warm
+        flip = lambda: http("GET", f"{upstream_url}/_flip?path=/bench-get")  # noqa: E731
+        results["fanout"] = stream_phase(
+            ours, load, "/api/public/bench-get/status/stream", "status_update",
+            ("POST", "/api/public/bench-get/status/refresh"), 5000, 5 if full else 3, flip)
+        results["first_event"] = load("first_event", port=ours.port, path="/api/public/bench-get/status/stream",
+                                      count=1000 if full else 300, marker="status_update")
+        ours.stop()
+
+        ours = gunicorn("public-status", "wsgi:app", env)
+        http("GET", f"http://127.0.0.1:{ours.port}/api/public/bench-get/status")  # warm
+        results["held"] = stream_phase(ours, load, "/api/public/bench-get/status/stream", "status_update",
+                                       ("POST", "/api/public/bench-get/status/refresh"), 10_000, 1, flip)
+        results["held"]["healthz_while_held"] = http("GET", f"http://127.0.0.1:{ours.port}/healthz").decode()
+
+        load("open", port=ours.port, path="/api/public/bench-poll/status/stream", count=1000,
+             marker="status_update")
+        seconds = 10
+        count = lambda: json.loads(http("GET", f"{upstream_url}/_count")).get("/bench-poll", 0)  # noqa: E731
+        before = count()
+        time.sleep(seconds)
+        results["polling"] = {"seconds": seconds, "requests": count() - before, "expected": seconds}
+        load("close_all")
+        ours.stop()
+
+        broadcast = gunicorn("floor: bare gevent broadcast", "bench.floor:broadcast_app", floor=True)
+        results["floor_fanout"] = stream_phase(broadcast, load, "/stream", "connected", ("POST", "/trigger"),
+                                               5000, 5 if full else 3)
+        broadcast.stop()
+        results["load_cpu"] = load("quit")
+    finally:
+        upstream.stop()
+        for server in ("ours", "floor", "broadcast"):
+            if server in locals():
+                locals()[server].stop()
+
+    results["seconds"] = time.monotonic() - started
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{time.strftime('%Y%m%d-%H%M%S')}-{results['mode']}.json").write_text(json.dumps(results, indent=2))
+    print(report(results))
+    print(f"\n(run took {results['seconds']:.0f} s; raw figures in bench/results/)")
+
+
+if __name__ == "__main__":
+    main()

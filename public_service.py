@@ -49,6 +49,7 @@ import struct
 import termios
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -58,8 +59,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
+import gevent.event
 import gevent.lock
-import gevent.queue
 import psycopg2
 import psycopg2.extensions
 import requests
@@ -662,6 +663,13 @@ class ProjectDirectory:
         self._retry_db_at = -math.inf
         self._db_failing = False
 
+    def cached(self, slug: str) -> Project | None:
+        """The project if its row is cached and fresh; never touches the database."""
+        entry = self._entries.get(slug)
+        if entry is not None and self._clock() < entry.expires_at:
+            return entry.project
+        return None
+
     def get(self, slug: str) -> Project | None:
         now = self._clock()
         entry = self._entries.get(slug)
@@ -898,13 +906,21 @@ class StatusService:
     def snapshot(self, slug: str) -> Snapshot | None:
         return self.store.get(slug)[0]
 
+    def fresh(self, slug: str) -> Snapshot | None:
+        """The snapshot if it is younger than STATUS_CACHE_TTL, else None."""
+        snapshot, fetched_at = self.store.get(slug)
+        if snapshot is not None and self.clock() - fetched_at < self.config.status_cache_ttl:
+            return snapshot
+        return None
+
     def current(self, project: Project) -> Snapshot:
         """The snapshot a GET serves: fresh from cache, fetched, or stale on failure."""
-        snapshot, fetched_at = self.store.get(project.slug)
+        fresh = self.fresh(project.slug)
+        if fresh is not None:
+            self.metrics.cache_hits.inc()
+            return fresh
+        snapshot = self.snapshot(project.slug)
         now = self.clock()
-        if snapshot is not None and now - fetched_at < self.config.status_cache_ttl:
-            self.metrics.cache.labels("hit").inc()
-            return snapshot
         state = self._state(project.slug)
         if state.inflight is None and now < state.retry_at:
             return self._stale(snapshot, state)
@@ -1064,41 +1080,47 @@ def _one_line(value: str) -> str:
     return _SSE_LINE_BREAK.sub(" ", value).replace("\0", "")
 
 
-_CLOSE = object()  # queued to wake a stream that must end
-
-
 class Subscriber:
-    """One open stream in this worker: a bounded queue of (version, bytes) deliveries.
+    """One open stream in this worker: a bounded mailbox of (version, bytes) deliveries.
 
     A delivery with version None is a ping; with bytes None it asks for the full
     snapshot; with b"" it only moves the version on (nothing visible changed).
+    The mailbox is a list and an Event, not a gevent Queue: a tenth of the memory, and
+    the stream takes everything that arrived at once, in one write.
     """
 
-    __slots__ = ("_hub", "_queue", "_socket", "_watcher", "closed", "slug")
+    __slots__ = ("_hub", "_pending", "_ready", "_socket", "_watcher", "closed", "slug")
 
     def __init__(self, hub: Hub, slug: str, sock: socket.socket | None):
         self.slug = slug
         self.closed = False
         self._hub = hub
-        self._queue = gevent.queue.Queue(SUBSCRIBER_QUEUE_SIZE)
+        self._pending: list[tuple] = []
+        self._ready = gevent.event.Event()
         self._socket = sock
         self._watcher = None
 
     def offer(self, delivery: tuple) -> None:
-        try:
-            self._queue.put_nowait(delivery)
-        except gevent.queue.Full:
+        if self.closed:
+            return
+        if len(self._pending) >= SUBSCRIBER_QUEUE_SIZE:
             log.info("project %s: dropping a stream that fell %d messages behind",
                      self.slug, SUBSCRIBER_QUEUE_SIZE, extra={"project": self.slug})
             self._hub.metrics.streams_dropped.inc()
             self.abort()
+            return
+        self._pending.append(delivery)
+        self._ready.set()
 
-    def next(self) -> tuple | None:
-        """The next delivery, waiting for it; None once the stream must end."""
+    def take(self) -> list[tuple] | None:
+        """Every delivery not yet taken, waiting for one; None once the stream must end."""
+        while not self._pending and not self.closed:
+            self._ready.clear()
+            self._ready.wait()
         if self.closed:
             return None
-        delivery = self._queue.get()
-        return None if delivery is _CLOSE or self.closed else delivery
+        taken, self._pending = self._pending, []
+        return taken
 
     def watch_disconnect(self) -> None:
         """Close as soon as the client hangs up, rather than at the next failed write.
@@ -1132,10 +1154,7 @@ class Subscriber:
         self.closed = True
         self._stop_watching()
         self._hub.remove(self)
-        try:
-            self._queue.put_nowait(_CLOSE)
-        except gevent.queue.Full:
-            pass  # the stream sees `closed` when it takes the next item
+        self._ready.set()
 
     def abort(self) -> None:
         """Close, and shut the socket down so a write stuck on a reader that never reads
@@ -1255,35 +1274,55 @@ class Hub:
             self._pinger.kill(block=False)
 
 
-def event_stream(service: StatusService, subscriber: Subscriber, retry_ms: int) -> Iterator[bytes]:
-    """The body of one stream: `connected`, the full snapshot, then changes and pings."""
-    slug = subscriber.slug
-    yield SSEMessage(event="connected", data=json.dumps({"project": slug}), retry=retry_ms).encode()
-    subscriber.watch_disconnect()
-    sent = 0
-    snapshot = service.snapshot(slug)
-    if snapshot is not None:
-        yield snapshot.event
-        sent = snapshot.version
-    while (delivery := subscriber.next()) is not None:
-        version, payload = delivery
-        if version is None:
-            yield payload
-        elif version == sent + 1 and payload is not None:
-            if payload:
-                yield payload
-            sent = version
-        elif version > sent:
-            snapshot = service.snapshot(slug)
+class EventStream:
+    """The body of one stream: `connected`, the full snapshot, then changes and pings.
+
+    An iterable with `close()`, handed to the WSGI server as it is (Werkzeug's
+    `direct_passthrough`): the server calls `close()` when the response ends or the
+    client is gone, and Werkzeug does for a HEAD request that never iterates.
+    """
+
+    def __init__(self, service: StatusService, subscriber: Subscriber, retry_ms: int):
+        self._service = service
+        self._subscriber = subscriber
+        self._retry_ms = retry_ms
+
+    def __iter__(self) -> Iterator[bytes]:
+        slug = self._subscriber.slug
+        yield SSEMessage(event="connected", data=json.dumps({"project": slug}),
+                         retry=self._retry_ms).encode()
+        self._subscriber.watch_disconnect()
+        sent = 0
+        snapshot = self._service.snapshot(slug)
+        if snapshot is not None:
             yield snapshot.event
             sent = snapshot.version
+        while (deliveries := self._subscriber.take()) is not None:
+            chunks = []
+            for version, payload in deliveries:
+                if version is None:
+                    chunks.append(payload)
+                elif version == sent + 1 and payload is not None:
+                    chunks.append(payload)
+                    sent = version
+                elif version > sent:
+                    snapshot = self._service.snapshot(slug)
+                    chunks.append(snapshot.event)
+                    sent = snapshot.version
+            if any(chunks):
+                yield b"".join(chunks)
+
+    def close(self) -> None:
+        self._subscriber.finish()
 
 
 def come_back_later(retry_ms: int) -> Response:
     """A stream answer that ends at once and makes EventSource reconnect, with jitter so
     that clients sent away together do not all come back together."""
     retry = int(retry_ms * (1 + random.random()))
-    return Response(SSEMessage(retry=retry).encode(), 200, content_type="text/event-stream")
+    response = Response(SSEMessage(retry=retry).encode(), 200, content_type="text/event-stream")
+    response.headers["Connection"] = "close"  # and free the connection for someone else
+    return response
 
 
 # --------------------------------------------------------------------------- routes
@@ -1360,11 +1399,12 @@ def stream_status(slug: str):
     except StreamsFull:
         public.metrics.streams_rejected.inc()
         return come_back_later(retry_ms)
-    response = Response(event_stream(public.service, subscriber, retry_ms),
-                        200, content_type="text/event-stream")
-    response.headers["Connection"] = "keep-alive"
+    response = Response(EventStream(public.service, subscriber, retry_ms), 200,
+                        content_type="text/event-stream", direct_passthrough=True)
+    # The SPEC's keep-alive; an HTTP/1.0 body ends when the connection does.
+    http_1_0 = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.0"
+    response.headers["Connection"] = "close" if http_1_0 else "keep-alive"
     response.headers["X-Accel-Buffering"] = "no"
-    response.call_on_close(subscriber.finish)
     return response
 
 
@@ -1431,6 +1471,68 @@ def public_headers(response: Response) -> Response:
     return response
 
 
+class WarmStatusFastPath:
+    """WSGI middleware: a GET of a warm project's status, answered from its pre-encoded
+    body without Flask (no request object, no routing, no hooks).
+
+    Warm means the project's row and its snapshot are both fresh in this worker's
+    cache; anything else, or any other request, goes on to Flask, which gives the same
+    answer the long way. The headers are those Flask's path produces, in its order.
+    """
+
+    PREFIX, SUFFIX = "/api/public/", "/status"
+
+    def __init__(self, wsgi_app, public: PublicStatus):
+        self._wsgi_app = wsgi_app
+        self._public = public
+        self._headers = [("Access-Control-Allow-Origin", public.config.cors_allow_origin),
+                         ("Access-Control-Expose-Headers", "Retry-After"),
+                         ("Cache-Control", "no-store")]
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if (environ["REQUEST_METHOD"] == "GET" and path.startswith(self.PREFIX)
+                and path.endswith(self.SUFFIX)):
+            slug = path[len(self.PREFIX):-len(self.SUFFIX)]
+            if self._public.directory.cached(slug) is not None:
+                snapshot = self._public.service.fresh(slug)
+                if snapshot is not None:
+                    self._public.metrics.cache_hits.inc()
+                    start_response("200 OK", [("Content-Type", "application/json"),
+                                              ("Content-Length", str(len(snapshot.body))),
+                                              *self._headers])
+                    return [snapshot.body]
+        return self._wsgi_app(environ, start_response)
+
+
+class ConnectionTracker:
+    """WSGI middleware remembering (weakly) every client connection this worker serves,
+    so that shutdown can end the idle ones at once.
+
+    gevent's pywsgi (the Procfile's worker) never times out an idle keep-alive
+    connection, and a stopping worker waits for every connection to close: one idle
+    browser would hold it until gunicorn's graceful timeout. Shutting down the read side
+    ends an idle connection at once and lets a busy one finish its response first.
+    """
+
+    def __init__(self, wsgi_app):
+        self._wsgi_app = wsgi_app
+        self._connections: weakref.WeakSet = weakref.WeakSet()
+
+    def __call__(self, environ, start_response):
+        sock = environ.get("gunicorn.sock") or environ.get("gunicorn.socket")
+        if sock is not None:
+            self._connections.add(sock)
+        return self._wsgi_app(environ, start_response)
+
+    def end_idle_connections(self) -> None:
+        for sock in list(self._connections):
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass  # already closed
+
+
 # --------------------------------------------------------------------------- app factory
 
 class Metrics:
@@ -1464,6 +1566,7 @@ class Metrics:
             self.upstream_requests.labels(outcome)
         for result in ("hit", "miss", "stale"):
             self.cache.labels(result)
+        self.cache_hits = self.cache.labels("hit")  # the hot path's child, looked up once
 
     def watch(self, hub: Hub) -> None:
         self.open_streams.set_function(lambda: hub.stream_count)
@@ -1562,9 +1665,13 @@ class PublicStatus:
     metrics: Metrics
     redactor: SecretRedactor
     board_page: bytes
+    connections: ConnectionTracker | None = None
 
     def shutdown(self) -> None:
+        """SIGTERM: end every stream, stop the pollers, let idle connections go."""
         self.service.hub.shutdown()
+        if self.connections is not None:
+            self.connections.end_idle_connections()
         self.db.close()
 
 
@@ -1585,7 +1692,9 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.url_map.merge_slashes = False  # `/api//public/x/status` must not be a 308
     board_page = Path(__file__).with_name("board.html").read_bytes()
-    app.extensions["public_status"] = PublicStatus(config, db, directory, service, metrics,
-                                                   redactor, board_page)
+    public = PublicStatus(config, db, directory, service, metrics, redactor, board_page)
+    app.extensions["public_status"] = public
     app.register_blueprint(routes)
+    public.connections = ConnectionTracker(WarmStatusFastPath(app.wsgi_app, public))
+    app.wsgi_app = public.connections
     return app

@@ -181,3 +181,22 @@ def test_metrics_are_prometheus_text(client, project):
     assert 'public_status_upstream_requests_total{outcome="ok"} 1.0' in text
     assert "public_status_open_streams 0.0" in text
     assert project not in text
+
+
+def test_the_warm_fast_path_answers_exactly_as_flask_does(app, client, project):
+    slow = client.get(f"/api/public/{project}/status")      # a miss: Flask's own path
+    hits = app.extensions["public_status"].metrics.cache_hits
+    before = hits._value.get()
+    fast = client.get(f"/api/public/{project}/status?x=1")  # warm: the fast path
+    assert hits._value.get() == before + 1
+    assert fast.status_code == slow.status_code == 200
+    assert fast.data == slow.data
+    assert list(fast.headers.items()) == list(slow.headers.items())
+
+
+def test_the_fast_path_leaves_everything_else_to_flask(client, project):
+    client.get(f"/api/public/{project}/status")
+    assert client.head(f"/api/public/{project}/status").data == b""
+    assert client.post(f"/api/public/{project}/status").status_code == 405
+    assert client.get(f"/api/public/{project}x/status").status_code == 404
+    assert client.get(f"/api/public/a/{project}/status").status_code == 404

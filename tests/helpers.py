@@ -246,7 +246,7 @@ class Service:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                     sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-                    if sock.recv(64).startswith(b"HTTP/1.0 200"):
+                    if re.match(rb"HTTP/1\.[01] 200 ", sock.recv(64)):
                         return
             except OSError:
                 pass

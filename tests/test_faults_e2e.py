@@ -355,6 +355,12 @@ def test_sigterm_ends_streams_finishes_requests_and_exits(own_service, pg, upstr
     in_flight = {}
     request = threading.Thread(target=lambda: in_flight.update(answer=get(service, slow)))
     request.start()
+    idle = socket.create_connection(("127.0.0.1", service.port))   # a browser's idle keep-alive
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b'{"status": "ok"}'):
+        answer += idle.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200")
     time.sleep(0.3)
 
     signalled = time.monotonic()
@@ -367,6 +373,8 @@ def test_sigterm_ends_streams_finishes_requests_and_exits(own_service, pg, upstr
     streams_ended = time.monotonic() - signalled
     request.join()
     assert in_flight["answer"].status_code == 200
+    idle.settimeout(5)
+    assert idle.recv(1) == b""                    # the idle connection was let go
     assert service.process.wait(15) == 0
     exited = time.monotonic() - signalled
     polls_after = [r for r in upstream.requests_to(f"/{watched}") if r.at > signalled + 0.2]
@@ -407,10 +415,14 @@ def test_hostile_paths(faulty, path):
     assert requests.get(f"{faulty.url}/healthz", timeout=5).status_code == 200
 
 
-def test_oversized_headers(faulty, pg, upstream):
+@pytest.mark.parametrize("headers", [
+    f"X-Big: {'b' * 70_000}\r\n",                           # over pywsgi's 64 KB line
+    "".join(f"X-Many-{i}: x\r\n" for i in range(120)),      # over its 100 headers
+])
+def test_oversized_headers(faulty, pg, upstream, headers):
     slug = secret_project(pg, upstream)
     answer = raw_request(faulty.port, (f"GET /api/public/{slug}/status HTTP/1.1\r\nHost: x\r\n"
-                                       f"X-Big: {'b' * 20_000}\r\n\r\n").encode())
+                                       f"{headers}\r\n").encode())
     assert int(answer.split()[1]) in (400, 431)
     assert get(faulty, slug).status_code == 200
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -63,6 +64,7 @@ import gevent.event
 import gevent.lock
 import psycopg2
 import psycopg2.extensions
+import redis
 import requests
 import requests.auth
 from flask import Blueprint, Flask, Response, current_app, request
@@ -830,42 +832,367 @@ class _Stored:
 class LocalStore:
     """Where snapshots live and how their changes are published: this worker's memory.
 
-    This is the one seam for sharing state between workers: another store keeps the
-    same four methods over Redis and calls `on_change` from its subscription.
+    This is the one seam for sharing state between workers. `RedisStore` keeps the same
+    methods over Redis, for the whole deployment; here each is the trivial case, this
+    worker being the whole deployment (a fetch lock nobody else wants, a poll lease
+    always ours). Times come from `clock`; callers only ever see ages.
     """
 
-    def __init__(self, on_change: Callable[[Snapshot, dict[str, str] | None], None]):
+    renew_every = math.inf  # how often a poll lease must be renewed: never, here
+
+    def __init__(self, on_change: Callable[..., None], clock: Callable[[], float] = time.monotonic):
         self._on_change = on_change
+        self._clock = clock
         self._stored: dict[str, _Stored] = {}
         self._refreshed_at: dict[str, float] = {}
 
     def get(self, slug: str) -> tuple[Snapshot | None, float]:
-        """The latest snapshot and when it was fetched (-inf if never)."""
+        """The latest snapshot here and its age in seconds (inf if none). No I/O."""
         stored = self._stored.get(slug)
-        return (stored.snapshot, stored.fetched_at) if stored else (None, -math.inf)
+        if stored is None:
+            return None, math.inf
+        return stored.snapshot, self._clock() - stored.fetched_at
 
-    def commit(self, slug: str, statuses: dict[str, str], fetched_at: float) -> Snapshot:
-        """Record a successful fetch; a new version, published, only if anything changed.
+    def latest(self, slug: str) -> tuple[Snapshot | None, float]:
+        """Like get(), but a shared store also looks for a newer one elsewhere."""
+        return self.get(slug)
 
-        `on_change` gets the changed units, or None for a project's first snapshot.
-        """
+    def slugs(self) -> list[str]:
+        return list(self._stored)
+
+    def commit(self, slug: str, statuses: dict[str, str]) -> Snapshot:
+        """Record a successful fetch: a new version, published, only if anything changed."""
         stored = self._stored.get(slug)
         if stored is not None and stored.snapshot.statuses == statuses:
-            stored.fetched_at = fetched_at
+            stored.fetched_at = self._clock()
             return stored.snapshot
         previous = stored.snapshot if stored else None
         snapshot = Snapshot.build(slug, previous.version + 1 if previous else 1, statuses)
-        self._stored[slug] = _Stored(snapshot, fetched_at)
-        self._on_change(snapshot, diff_statuses(previous.statuses, statuses) if previous else None)
+        updates = diff_statuses(previous.statuses, statuses) if previous else None
+        self.install(snapshot, self._clock(), updates)
         return snapshot
 
-    def claim_refresh(self, slug: str, now: float, min_interval: float) -> float:
-        """0 and the claim is taken, or the seconds until a refresh is allowed."""
+    def install(self, snapshot: Snapshot, fetched_at: float, updates: dict[str, str] | None,
+                resync: bool = False) -> None:
+        """Make `snapshot` the latest and tell the subscribers: `updates` are the changed
+        units (None: send everything); `resync` replaces whatever version they hold."""
+        self._stored[snapshot.slug] = _Stored(snapshot, fetched_at)
+        self._on_change(snapshot, updates, resync)
+
+    def touch(self, slug: str, fetched_at: float) -> None:
+        """The latest snapshot was fetched again, unchanged."""
+        stored = self._stored.get(slug)
+        if stored is not None:
+            stored.fetched_at = max(stored.fetched_at, fetched_at)
+
+    def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float:
+        """0: go ahead (a fetch under way elsewhere is joined, not refused); else the
+        seconds until a refresh is allowed. A shared store takes the fetch lock with the
+        claim (held `timeout` at most), so no other worker can slip in between."""
+        now = self._clock()
         wait = self._refreshed_at.get(slug, -math.inf) + min_interval - now
         if wait > 0:
             return wait
         self._refreshed_at[slug] = now
         return 0.0
+
+    def begin_fetch(self, slug: str, timeout: float) -> bool:
+        """Take the project's fetch for this worker; False if another worker has it."""
+        return True
+
+    def end_fetch(self, slug: str, failed: bool) -> None:
+        """Give the fetch back; `failed` tells those waiting for it."""
+
+    def await_fetch(self, slug: str, timeout: float) -> Snapshot | None:
+        """Wait for another worker's fetch: its snapshot, or None if it failed."""
+        return None
+
+    def poll_turn(self, slug: str) -> float:
+        """0 if this worker is the project's poller now, else seconds until it may be."""
+        return 0.0
+
+    def release_poll(self, slug: str) -> None:
+        """This worker stops polling the project; let another take over at once."""
+
+    def close(self) -> None:
+        """Shutting down: give back what this worker holds."""
+
+
+REDIS_PREFIX = "public-status:"
+CHANGES_CHANNEL = REDIS_PREFIX + "changes"
+REDIS_RETRY_SECONDS = 1.0      # while Redis is away, how often to try it again
+SNAPSHOT_KEY_TTL = 86_400      # a project nobody fetches for a day leaves Redis
+
+# Commit one fetch: a new version only when the statuses changed (compared by digest),
+# then tell every worker, in commit order. The statuses JSON is spliced in as text, so
+# its unit order survives. Returns {version, changed}.
+COMMIT_SCRIPT = """
+local old = redis.call('HMGET', KEYS[1], 'version', 'digest')
+local version = tonumber(old[1]) or 0
+local changed = old[2] ~= ARGV[1]
+if changed then
+  version = version + 1
+  redis.call('HSET', KEYS[1], 'version', version, 'digest', ARGV[1], 'statuses', ARGV[2],
+             'fetched_at', ARGV[3])
+else
+  redis.call('HSET', KEYS[1], 'fetched_at', ARGV[3])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local message = '{"slug": ' .. ARGV[6] .. ', "version": ' .. version .. ', "fetched_at": ' .. ARGV[3]
+if changed then message = message .. ', "statuses": ' .. ARGV[2] end
+redis.call('PUBLISH', ARGV[5], message .. '}')
+return {version, changed and 1 or 0}
+"""
+
+# Take or renew a lease (a poller's, or a fetch lock): 0 if it is (now) ours, else the
+# milliseconds it has left.
+LEASE_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 0
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 0
+end
+return redis.call('PTTL', KEYS[1])
+"""
+
+# Claim a forced refresh: join a fetch under way (0); refuse one too soon after the last
+# (milliseconds left); or take the claim and the fetch lock together (0).
+REFRESH_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then return left end
+if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+return 0
+"""
+
+# Delete a key only if this worker holds it.
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisStore:
+    """The LocalStore's methods for a whole deployment, through Redis (REDIS_URL).
+
+    Only statuses, versions, times and worker ids go to Redis, never a credential.
+    Each worker keeps a mirror (a LocalStore) that serves every read without a round
+    trip; one pub/sub subscription per worker keeps it current, and every commit is a
+    Lua script that bumps the version only on change and publishes it, in order. One
+    worker at a time polls a project: the one holding its lease (renewed while it
+    polls, given back when it stops). While Redis is unreachable the mirror carries on
+    alone, exactly as without REDIS_URL; when Redis answers again every mirror is
+    resynchronised and its streams get a full snapshot of the shared version.
+    """
+
+    def __init__(self, url: str, on_change: Callable[..., None], lease_ttl: float):
+        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1,
+                                           health_check_interval=10)
+        self.local = LocalStore(on_change, clock=time.time)  # wall time: shared by machines
+        self.renew_every = lease_ttl / 3
+        self._lease_ms = max(1, int(lease_ttl * 1000))
+        self._me = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+        self._commit = self._redis.register_script(COMMIT_SCRIPT)
+        self._lease = self._redis.register_script(LEASE_SCRIPT)
+        self._claim = self._redis.register_script(REFRESH_SCRIPT)
+        self._release = self._redis.register_script(RELEASE_SCRIPT)
+        self._held: set[str] = set()          # projects whose poll lease is ours
+        self._waiters: dict[str, gevent.event.AsyncResult] = {}
+        self._unsynced: set[str] = set()      # mirrored while Redis was away
+        self._closed = False
+        self.shared = True
+        self._subscription = gevent.spawn(self._follow)
+
+    def __repr__(self) -> str:
+        return f"<RedisStore {'shared' if self.shared else 'local'} as {self._me}>"
+
+    @staticmethod
+    def _key(kind: str, slug: str) -> str:
+        return f"{REDIS_PREFIX}{kind}:{slug}"
+
+    def _shared(self, operation: Callable[[], Any], fallback: Callable[[], Any]) -> Any:
+        """Do it through Redis; if Redis fails, switch this worker to local mode."""
+        if self.shared:
+            try:
+                return operation()
+            except redis.RedisError as exc:
+                self._lose(exc)
+        return fallback()
+
+    def _lose(self, exc: Exception) -> None:
+        if self.shared:
+            self.shared = False
+            self._held.clear()
+            log.error("Redis unavailable (%s): this worker polls and serves on its own until "
+                      "it is back", type(exc).__name__, extra={"event": "redis_unavailable"})
+
+    # ---- the seam
+
+    def get(self, slug: str) -> tuple[Snapshot | None, float]:
+        return self.local.get(slug)
+
+    def latest(self, slug: str) -> tuple[Snapshot | None, float]:
+        def shared():
+            self._load(slug)
+            return self.local.get(slug)
+        return self._shared(shared, lambda: self.local.get(slug))
+
+    def commit(self, slug: str, statuses: dict[str, str]) -> Snapshot:
+        def shared():
+            fetched_at = time.time()
+            digest = hashlib.sha1(json.dumps(statuses, sort_keys=True).encode()).hexdigest()
+            version, changed = self._commit(
+                keys=[self._key("snapshot", slug)],
+                args=[digest, json.dumps(statuses), repr(fetched_at), SNAPSHOT_KEY_TTL,
+                      CHANGES_CHANNEL, json.dumps(slug)])
+            self._adopt(slug, int(version), fetched_at, statuses if changed else None)
+            return self.local.get(slug)[0]
+        return self._shared(shared, lambda: self.local.commit(slug, statuses))
+
+    def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float:
+        def shared():
+            left_ms = self._claim(
+                keys=[self._key("refreshed", slug), self._key("fetching", slug)],
+                args=[self._me, int(min_interval * 1000), self._fetch_lock_ms(timeout)])
+            return left_ms / 1000
+        return self._shared(shared, lambda: self.local.claim_refresh(slug, min_interval, timeout))
+
+    def begin_fetch(self, slug: str, timeout: float) -> bool:
+        return self._shared(
+            lambda: self._lease(keys=[self._key("fetching", slug)],
+                                args=[self._me, self._fetch_lock_ms(timeout)]) == 0,
+            lambda: True)
+
+    @staticmethod
+    def _fetch_lock_ms(timeout: float) -> int:
+        return int((timeout + 1) * 1000)  # a worker that dies mid-fetch lets go by itself
+
+    def end_fetch(self, slug: str, failed: bool) -> None:
+        def shared():
+            self._release(keys=[self._key("fetching", slug)], args=[self._me])
+            if failed:
+                self._redis.publish(CHANGES_CHANNEL, json.dumps({"slug": slug, "failed": True}))
+        self._shared(shared, lambda: None)
+
+    def await_fetch(self, slug: str, timeout: float) -> Snapshot | None:
+        if not self.shared:
+            return None
+        waiter = self._waiters.setdefault(slug, gevent.event.AsyncResult())
+        if not self._shared(lambda: self._redis.exists(self._key("fetching", slug)), lambda: 0):
+            self._waiters.pop(slug, None)  # it ended before we began to wait
+            return self.latest(slug)[0]
+        return waiter.wait(timeout)
+
+    def poll_turn(self, slug: str) -> float:
+        def shared():
+            left_ms = self._lease(keys=[self._key("lease", slug)], args=[self._me, self._lease_ms])
+            if left_ms == 0:
+                self._held.add(slug)
+                return 0.0
+            self._held.discard(slug)
+            return max(left_ms, 20) / 1000
+        return self._shared(shared, lambda: 0.0)
+
+    def release_poll(self, slug: str) -> None:
+        if slug in self._held:
+            self._held.discard(slug)
+            self._shared(lambda: self._release(keys=[self._key("lease", slug)], args=[self._me]),
+                         lambda: None)
+
+    def close(self) -> None:
+        self._closed = True
+        for slug in list(self._held):
+            self.release_poll(slug)
+        self._subscription.kill(block=False)
+        self._redis.close()
+
+    # ---- keeping the mirror
+
+    def _follow(self) -> None:
+        """This worker's one subscription; while Redis is away, wait for it to return."""
+        while not self._closed:
+            if not self.shared:
+                gevent.sleep(REDIS_RETRY_SECONDS)
+                try:
+                    self._redis.ping()
+                    self._rejoin()
+                except redis.RedisError:
+                    continue
+            try:
+                self._listen()
+            except redis.RedisError as exc:
+                self._lose(exc)
+
+    def _listen(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(CHANGES_CHANNEL)
+            while self.shared and not self._closed:
+                message = pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    self._on_message(json.loads(message["data"]))
+        finally:
+            pubsub.close()
+
+    def _on_message(self, message: dict) -> None:
+        slug = message["slug"]
+        if not message.get("failed"):
+            self._adopt(slug, message["version"], message["fetched_at"], message.get("statuses"))
+        waiter = self._waiters.pop(slug, None)
+        if waiter is not None:
+            waiter.set(None if message.get("failed") else self.local.get(slug)[0])
+
+    def _rejoin(self) -> None:
+        """Redis is back: take the shared snapshots as they are there, whatever versions
+        this worker counted on its own meanwhile."""
+        for slug in self.local.slugs():
+            if not self._load(slug, force=True):
+                self._unsynced.add(slug)  # the first shared commit will do it
+        self.shared = True
+        log.warning("Redis reachable again: pollers and snapshots are shared again",
+                    extra={"event": "redis_recovered"})
+
+    def _load(self, slug: str, force: bool = False) -> bool:
+        """Adopt the project's snapshot as Redis has it; False if Redis has none."""
+        stored = self._redis.hgetall(self._key("snapshot", slug))
+        if not stored:
+            return False
+        self._adopt(slug, int(stored[b"version"]), float(stored[b"fetched_at"]),
+                    json.loads(stored[b"statuses"]), force)
+        return True
+
+    def _adopt(self, slug: str, version: int, fetched_at: float,
+               statuses: dict[str, str] | None, force: bool = False) -> None:
+        """Bring the mirror up to a committed version; `statuses` None: unchanged."""
+        current, _ = self.local.get(slug)
+        force = force or slug in self._unsynced
+        if statuses is None:
+            if current is not None and current.version == version and not force:
+                self.local.touch(slug, fetched_at)
+            elif force or current is None or version > current.version:
+                self._load(slug, force)  # a change this worker missed
+            return
+        if current is not None and not force and version <= current.version:
+            if version == current.version:
+                self.local.touch(slug, fetched_at)
+            return
+        self._unsynced.discard(slug)
+        in_step = current is not None and not force and version == current.version + 1
+        updates = diff_statuses(current.statuses, statuses) if in_step else None
+        self.local.install(Snapshot.build(slug, version, statuses), fetched_at, updates,
+                           resync=force and current is not None)
+
+
+def make_store(config: Config, on_change: Callable[..., None],
+               clock: Callable[[], float]) -> LocalStore | RedisStore:
+    if config.redis_url:
+        return RedisStore(config.redis_url, on_change, config.poll_lease_ttl)
+    return LocalStore(on_change, clock)
 
 
 @dataclass
@@ -894,7 +1221,7 @@ class StatusService:
         self.metrics = metrics
         self.clock = clock
         self.hub = Hub(self, config, metrics, wall_clock)
-        self.store = LocalStore(on_change=self.hub.deliver)
+        self.store = make_store(config, self.hub.deliver, clock)
         self._states: dict[str, _FetchState] = {}
 
     def _state(self, slug: str) -> _FetchState:
@@ -908,18 +1235,22 @@ class StatusService:
 
     def fresh(self, slug: str) -> Snapshot | None:
         """The snapshot if it is younger than STATUS_CACHE_TTL, else None."""
-        snapshot, fetched_at = self.store.get(slug)
-        if snapshot is not None and self.clock() - fetched_at < self.config.status_cache_ttl:
-            return snapshot
-        return None
+        snapshot, age = self.store.get(slug)
+        return snapshot if age < self.config.status_cache_ttl else None
 
     def current(self, project: Project) -> Snapshot:
         """The snapshot a GET serves: fresh from cache, fetched, or stale on failure."""
-        fresh = self.fresh(project.slug)
-        if fresh is not None:
-            self.metrics.cache_hits.inc()
-            return fresh
-        snapshot = self.snapshot(project.slug)
+        snapshot = self.fresh(project.slug)
+        if snapshot is None:  # perhaps another worker fetched it meanwhile
+            snapshot, age = self.store.latest(project.slug)
+            if age >= self.config.status_cache_ttl:
+                return self._fetch_or_stale(project, snapshot)
+        self.metrics.cache_hits.inc()
+        return snapshot
+
+    def _fetch_or_stale(self, project: Project, snapshot: Snapshot | None) -> Snapshot:
+        """A miss: fetch, unless a failure moments ago says not yet; on failure the stale
+        snapshot, or NoSnapshot when there is none."""
         now = self.clock()
         state = self._state(project.slug)
         if state.inflight is None and now < state.retry_at:
@@ -935,7 +1266,8 @@ class StatusService:
         """Fetch now, bypassing the cache; joins a fetch already in flight."""
         state = self._state(project.slug)
         if state.inflight is None:
-            wait = self.store.claim_refresh(project.slug, self.clock(), self.config.refresh_min_interval)
+            wait = self.store.claim_refresh(project.slug, self.config.refresh_min_interval,
+                                            project.timeout)
             if wait > 0:
                 self.metrics.refresh_limited.inc()
                 raise RefreshLimited(wait)
@@ -951,7 +1283,8 @@ class StatusService:
         return snapshot
 
     def _fetch_shared(self, project: Project) -> Snapshot:
-        """One fetch per project at a time; everyone who asks meanwhile shares it."""
+        """One fetch per project at a time, in the deployment (the store's fetch lock)
+        and in this worker (one greenlet): everyone who asks meanwhile shares it."""
         state = self._state(project.slug)
         if state.inflight is None:
             state.inflight = gevent.spawn(self._fetch, project, state)
@@ -963,23 +1296,29 @@ class StatusService:
     def _fetch(self, project: Project, state: _FetchState) -> Snapshot | UpstreamError:
         """Runs in its own greenlet, so a waiter that goes away cannot cancel it. Returns
         the error rather than raising it: gevent would print an uncaught one."""
-        started = self.clock()
         try:
-            try:
-                statuses, unknown = normalize_statuses(self.client.fetch(project),
-                                                       project.status_lookup)
-            except UpstreamError as exc:
-                error = exc
-            except Exception as exc:  # a bug of ours: log it, keep serving what we have
-                log.exception("project %s: fetch crashed", project.slug,
-                              extra={"project": project.slug})
-                error = UpstreamError("error", type(exc).__name__)
-            else:
-                return self._record_success(project, state, statuses, unknown, started)
-            self._record_failure(project, state, error, started)
-            return error
+            if not self.store.begin_fetch(project.slug, project.timeout):
+                snapshot = self.store.await_fetch(project.slug, project.timeout + 1)
+                return snapshot or UpstreamError("remote", "another worker's fetch failed")
+            outcome = self._fetch_here(project, state)
+            self.store.end_fetch(project.slug, failed=isinstance(outcome, UpstreamError))
+            return outcome
         finally:
             state.inflight = None
+
+    def _fetch_here(self, project: Project, state: _FetchState) -> Snapshot | UpstreamError:
+        started = self.clock()
+        try:
+            statuses, unknown = normalize_statuses(self.client.fetch(project), project.status_lookup)
+        except UpstreamError as exc:
+            error = exc
+        except Exception as exc:  # a bug of ours: log it, keep serving what we have
+            log.exception("project %s: fetch crashed", project.slug, extra={"project": project.slug})
+            error = UpstreamError("error", type(exc).__name__)
+        else:
+            return self._record_success(project, state, statuses, unknown, started)
+        self._record_failure(project, state, error, started)
+        return error
 
     def _record_success(self, project: Project, state: _FetchState, statuses: dict[str, str],
                         unknown: list[str], started: float) -> Snapshot:
@@ -994,7 +1333,7 @@ class StatusService:
         state.failures = 0
         state.retry_at = -math.inf
         state.poll_due_at = now + project.poll_interval
-        return self.store.commit(project.slug, statuses, now)
+        return self.store.commit(project.slug, statuses)
 
     def _record_failure(self, project: Project, state: _FetchState, error: UpstreamError,
                         started: float) -> None:
@@ -1024,28 +1363,34 @@ class StatusService:
                         extra={"project": slug, "event": "unknown_status"})
 
     def poll_forever(self, slug: str) -> None:
-        """The poller of one project: runs while the project has subscribers here."""
-        while True:
-            try:
-                project = self.directory.get(slug)
-            except DatabaseUnavailable:
-                gevent.sleep(DB_RETRY_SECONDS)  # the directory logs it; streams stay open
-                continue
-            if project is None:
-                log.info("project %s is gone; closing its streams", slug, extra={"project": slug})
-                self.hub.close_channel(slug)
-                return
-            state = self._state(slug)
-            fetched_at = self.store.get(slug)[1]
-            due = max(state.poll_due_at, fetched_at + project.poll_interval)
-            wait = due - self.clock()
-            if wait > 0:
-                gevent.sleep(wait)
-                continue
-            try:
-                self._fetch_shared(project)
-            except UpstreamError:
-                pass  # logged by _fetch; poll_due_at now holds the backoff
+        """The poller of one project: runs while the project has subscribers here, and
+        fetches while this worker holds the project's poll lease (always, without Redis)."""
+        try:
+            while True:
+                try:
+                    project = self.directory.get(slug)
+                except DatabaseUnavailable:
+                    gevent.sleep(DB_RETRY_SECONDS)  # the directory logs it; streams stay open
+                    continue
+                if project is None:
+                    log.info("project %s is gone; closing its streams", slug, extra={"project": slug})
+                    self.hub.close_channel(slug)
+                    return
+                turn = self.store.poll_turn(slug)
+                if turn > 0:  # another worker polls it; ask again when its lease may lapse
+                    gevent.sleep(turn)
+                    continue
+                age = self.store.get(slug)[1]
+                wait = max(self._state(slug).poll_due_at - self.clock(), project.poll_interval - age)
+                if wait > 0:
+                    gevent.sleep(min(wait, self.store.renew_every))
+                    continue
+                try:
+                    self._fetch_shared(project)
+                except UpstreamError:
+                    pass  # logged by _fetch; poll_due_at now holds the backoff
+        finally:
+            self.store.release_poll(slug)
 
 
 # --------------------------------------------------------------------------- SSE
@@ -1080,11 +1425,16 @@ def _one_line(value: str) -> str:
     return _SSE_LINE_BREAK.sub(" ", value).replace("\0", "")
 
 
+RESYNC = -1  # a delivery's version meaning: send the full snapshot, whatever was sent
+
+
 class Subscriber:
     """One open stream in this worker: a bounded mailbox of (version, bytes) deliveries.
 
     A delivery with version None is a ping; with bytes None it asks for the full
-    snapshot; with b"" it only moves the version on (nothing visible changed).
+    snapshot; with b"" it only moves the version on (nothing visible changed); with
+    version RESYNC it replaces whatever the stream sent before (the versions of a
+    shared store may restart when Redis comes back).
     The mailbox is a list and an Event, not a gevent Queue: a tenth of the memory, and
     the stream takes everything that arrived at once, in one write.
     """
@@ -1236,19 +1586,21 @@ class Hub:
             if channel.poller is not None:
                 channel.poller.kill(block=False)
 
-    def deliver(self, snapshot: Snapshot, updates: dict[str, str] | None) -> None:
+    def deliver(self, snapshot: Snapshot, updates: dict[str, str] | None,
+                resync: bool = False) -> None:
         """Fan a new snapshot version out to the project's subscribers, encoded once."""
         channel = self._channels.get(snapshot.slug)
         if channel is None:
             return
-        if updates is None:
-            payload = None
+        if resync:
+            delivery = (RESYNC, None)
+        elif updates is None:
+            delivery = (snapshot.version, None)
         elif updates:
-            payload = SSEMessage(event="bulk_update", data=json.dumps({"updates": updates}),
-                                 id=snapshot.version).encode()
+            delivery = (snapshot.version, SSEMessage(
+                event="bulk_update", data=json.dumps({"updates": updates}), id=snapshot.version).encode())
         else:
-            payload = b""
-        delivery = (snapshot.version, payload)
+            delivery = (snapshot.version, b"")
         for subscriber in tuple(channel.subscribers):
             subscriber.offer(delivery)
 
@@ -1305,7 +1657,7 @@ class EventStream:
                 elif version == sent + 1 and payload is not None:
                     chunks.append(payload)
                     sent = version
-                elif version > sent:
+                elif version > sent or version == RESYNC:
                     snapshot = self._service.snapshot(slug)
                     chunks.append(snapshot.event)
                     sent = snapshot.version
@@ -1562,16 +1914,21 @@ class Metrics:
                                         registry=r)
         self.streams_dropped = Counter("public_status_streams_dropped",
                                        "Streams closed for falling too far behind", registry=r)
+        self.redis_shared = Gauge("public_status_redis_shared",
+                                  "1 while snapshots and pollers are shared through Redis",
+                                  registry=r)
         for outcome in self.UPSTREAM_OUTCOMES:
             self.upstream_requests.labels(outcome)
         for result in ("hit", "miss", "stale"):
             self.cache.labels(result)
         self.cache_hits = self.cache.labels("hit")  # the hot path's child, looked up once
 
-    def watch(self, hub: Hub) -> None:
+    def watch(self, service: StatusService) -> None:
+        hub, store = service.hub, service.store
         self.open_streams.set_function(lambda: hub.stream_count)
         self.watched_projects.set_function(lambda: hub.watched_projects)
         self.pollers.set_function(lambda: hub.poller_count)
+        self.redis_shared.set_function(lambda: int(getattr(store, "shared", False)))
 
 
 class SecretRedactor(logging.Filter):
@@ -1668,8 +2025,10 @@ class PublicStatus:
     connections: ConnectionTracker | None = None
 
     def shutdown(self) -> None:
-        """SIGTERM: end every stream, stop the pollers, let idle connections go."""
+        """SIGTERM: end every stream, stop the pollers and give back their leases, let
+        idle connections go."""
         self.service.hub.shutdown()
+        self.service.store.close()
         if self.connections is not None:
             self.connections.end_idle_connections()
         self.db.close()
@@ -1683,11 +2042,11 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     redactor = SecretRedactor()
     configure_logging(config, redactor)
     db = Database(config.database_url, config.db_pool_size, config.db_timeout)
-    redactor.add([db.password or ""])
+    redactor.add([db.password or "", urlsplit(config.redis_url or "").password or ""])
     metrics = Metrics()
     directory = ProjectDirectory(db, config, metrics, redactor)
     service = StatusService(config, directory, UpstreamClient(config.max_upstream_bytes), metrics)
-    metrics.watch(service.hub)
+    metrics.watch(service)
 
     app = Flask(__name__)
     app.url_map.merge_slashes = False  # `/api//public/x/status` must not be a 308

@@ -1,0 +1,230 @@
+"""Scale-out on Redis: two instances (two service processes) against one Redis and one
+PostgreSQL behave as one service."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import redis
+import requests
+
+from helpers import EventStream, RedisServer, metric, wait_for
+
+pytestmark = pytest.mark.e2e
+
+LEASE = 1.0
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def two(start_service, redis_server):
+    env = {"REDIS_URL": redis_server.url, "POLL_LEASE_TTL": str(LEASE)}
+    return start_service(**env), start_service(**env)
+
+
+def stream(service, slug):
+    events = EventStream(service.port, f"/api/public/{slug}/status/stream")
+    assert events.next().event == "connected"
+    return events
+
+
+def requests_between(upstream, path, start, end):
+    return len([r for r in upstream.requests_to(path) if start <= r.at < end])
+
+
+def test_both_instances_see_a_change_and_the_api_is_polled_once(two, pg, upstream):
+    a, b = two
+    slug = pg.add_project(pg.unique_slug("shared"), base_url=upstream.url, interval=0.25)
+    upstream.set_statuses(f"/{slug}", {"A1": "open", "A2": "open"})
+    on_a, on_b = stream(a, slug), stream(b, slug)
+    first_a, first_b = on_a.next_event("status_update"), on_b.next_event("status_update")
+    assert first_a.data == first_b.data
+
+    started = time.monotonic()
+    time.sleep(3)
+    polled = requests_between(upstream, f"/{slug}", started, time.monotonic())
+    print(f"\n2 instances sharing Redis: {polled} client API requests in 3 s at 0.25 s")
+    assert 10 <= polled <= 14                       # 12 in 3 s, not 24
+
+    upstream.set_statuses(f"/{slug}", {"A1": "open", "A2": "closed"})
+    change_a, change_b = on_a.next_event("bulk_update", 3), on_b.next_event("bulk_update", 3)
+    assert change_a.json() == change_b.json() == {"updates": {"A2": "sold"}}
+    assert change_a.id == change_b.id
+    get_a = requests.get(f"{a.url}/api/public/{slug}/status", timeout=5)
+    get_b = requests.get(f"{b.url}/api/public/{slug}/status", timeout=5)
+    assert get_a.json() == get_b.json()
+    assert get_a.json()["statuses"]["A2"] == "sold"
+
+
+def test_without_redis_each_instance_polls_on_its_own(start_service, pg, upstream):
+    """The comparison the README quotes: one instance, then two, without REDIS_URL."""
+    a = start_service()
+    slug = pg.add_project(pg.unique_slug("alone"), base_url=upstream.url, interval=0.25)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    on_a = stream(a, slug)
+    on_a.next_event("status_update")
+    started = time.monotonic()
+    time.sleep(3)
+    polled = requests_between(upstream, f"/{slug}", started, time.monotonic())
+    print(f"\n1 instance: {polled} client API requests in 3 s at 0.25 s")
+    assert 10 <= polled <= 14
+
+    b = start_service()
+    on_b = stream(b, slug)
+    on_b.next_event("status_update")
+    started = time.monotonic()
+    time.sleep(3)
+    polled = requests_between(upstream, f"/{slug}", started, time.monotonic())
+    print(f"2 instances without Redis: {polled} client API requests in 3 s at 0.25 s")
+    assert 20 <= polled <= 28
+
+
+def test_a_refresh_on_one_instance_reaches_the_other(two, pg, upstream):
+    a, b = two
+    slug = pg.add_project(pg.unique_slug("shared"), base_url=upstream.url, interval=60)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    on_b = stream(b, slug)
+    on_b.next_event("status_update")
+    upstream.set_statuses(f"/{slug}", {"A1": "held"})
+    answer = requests.post(f"{a.url}/api/public/{slug}/status/refresh", timeout=5)
+    assert answer.status_code == 200 and answer.json()["statuses"] == {"A1": "reserved"}
+    assert on_b.next_event("bulk_update", 2).json() == {"updates": {"A1": "reserved"}}
+    limited = requests.post(f"{b.url}/api/public/{slug}/status/refresh", timeout=5)
+    assert limited.status_code == 429                  # the limit holds across instances
+    assert 1 <= int(limited.headers["Retry-After"]) <= 1
+
+
+def test_concurrent_refreshes_across_instances_share_one_fetch(two, pg, upstream):
+    a, b = two
+    slug = pg.add_project(pg.unique_slug("shared"), base_url=upstream.url, interval=60)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"}, delay=0.6)
+    answers = []
+    barrier = threading.Barrier(8)
+
+    def refresh(service):
+        barrier.wait()
+        answers.append(requests.post(f"{service.url}/api/public/{slug}/status/refresh", timeout=5))
+
+    threads = [threading.Thread(target=refresh, args=(s,)) for s in (a, b) * 4]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.status_code for r in answers) == [200] * 8
+    assert {json.dumps(r.json()) for r in answers} == {json.dumps({"project": slug, "statuses": {"A1": "available"}, "count": 1})}
+    assert upstream.count(f"/{slug}") == 1
+
+
+def test_the_lease_moves_when_its_holder_dies(two, pg, upstream, redis_server):
+    a, b = two
+    slug = pg.add_project(pg.unique_slug("lease"), base_url=upstream.url, interval=0.2)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    on_a, on_b = stream(a, slug), stream(b, slug)
+    on_a.next_event("status_update")
+    on_b.next_event("status_update")
+    time.sleep(0.5)
+    holder = redis.Redis.from_url(redis_server.url).get(f"public-status:lease:{slug}").decode()
+    holder_pid = int(holder.split(":")[1])
+    dying, surviving_stream = (a, on_b) if holder_pid in a.worker_pids() else (b, on_a)
+    assert holder_pid in dying.worker_pids()
+
+    os.kill(dying.process.pid, signal.SIGKILL)     # the master first, so none respawns
+    os.kill(holder_pid, signal.SIGKILL)
+    killed = time.monotonic()
+    time.sleep(0.1)
+    upstream.set_statuses(f"/{slug}", {"A1": "closed"})
+    assert surviving_stream.next_event("bulk_update", 5).json() == {"updates": {"A1": "sold"}}
+    resumed = next(r.at for r in upstream.requests_to(f"/{slug}") if r.at > killed)
+    print(f"\npolling resumed {resumed - killed:.2f} s after the lease holder died (lease {LEASE} s)")
+    assert resumed - killed <= LEASE + 0.2 + 0.3
+    assert holder != redis.Redis.from_url(redis_server.url).get(f"public-status:lease:{slug}").decode()
+
+
+def test_without_redis_both_keep_serving_and_converge_when_it_returns(two, pg, upstream, redis_server):
+    a, b = two
+    slug = pg.add_project(pg.unique_slug("outage"), base_url=upstream.url, interval=0.25)
+    upstream.set_statuses(f"/{slug}", {"A1": "open", "A2": "open"})
+    on_a, on_b = stream(a, slug), stream(b, slug)
+    on_a.next_event("status_update")
+    on_b.next_event("status_update")
+
+    redis_server.stop()
+    time.sleep(0.5)
+    upstream.set_statuses(f"/{slug}", {"A1": "closed", "A2": "open"})
+    assert on_a.next_event("bulk_update", 5).json() == {"updates": {"A1": "sold"}}
+    assert on_b.next_event("bulk_update", 5).json() == {"updates": {"A1": "sold"}}
+    for service in (a, b):
+        answer = requests.get(f"{service.url}/api/public/{slug}/status", timeout=5)
+        assert answer.status_code == 200 and answer.json()["statuses"]["A1"] == "sold"
+    started = time.monotonic()
+    time.sleep(2)
+    alone = requests_between(upstream, f"/{slug}", started, time.monotonic())
+    assert alone >= 13                                  # each polls on its own: about 16
+
+    redis_server.start()
+    for service in (a, b):
+        wait_for(lambda service=service: "Redis reachable again" in service.logs(), timeout=5)
+    time.sleep(1)
+    upstream.set_statuses(f"/{slug}", {"A1": "closed", "A2": "held"})
+    seen_a = on_a.next(5)
+    while seen_a.event not in ("bulk_update", "status_update") or "reserved" not in seen_a.data:
+        seen_a = on_a.next(5)
+    seen_b = on_b.next(5)
+    while seen_b.event not in ("bulk_update", "status_update") or "reserved" not in seen_b.data:
+        seen_b = on_b.next(5)
+    assert seen_a.id == seen_b.id                       # one version again, on both
+    started = time.monotonic()
+    time.sleep(2)
+    shared = requests_between(upstream, f"/{slug}", started, time.monotonic())
+    assert shared <= 10                                 # one poller again: about 8
+    for service in (a, b):
+        logs = service.logs()
+        assert logs.count("Redis unavailable") == 1 and logs.count("Redis reachable again") == 1
+
+
+def test_no_credential_reaches_redis(two, pg, upstream, redis_server):
+    a, _ = two
+    secret = "redis-bearer-Kx93Lq"
+    slug = pg.add_project(pg.unique_slug("secret"), base_url=upstream.url, auth_type="bearer",
+                          credentials={"token": secret}, interval=0.2)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    client = redis.Redis.from_url(redis_server.url)
+    published = []
+    pubsub = client.pubsub()
+    pubsub.psubscribe("*")
+    on_a = stream(a, slug)
+    on_a.next_event("status_update")
+    requests.post(f"{a.url}/api/public/{slug}/status/refresh", timeout=5)
+    deadline = time.monotonic() + 1
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message and message["type"] == "pmessage":
+            published.append(message["data"])
+    assert published
+    dump = [key + b"=" + repr(client.dump(key)).encode() for key in client.keys("*")]
+    assert dump and all(secret.encode() not in item for item in dump + published)
+    assert all(b"Bearer" not in item and b"token" not in item for item in dump + published)
+
+
+def test_a_stopping_holder_gives_its_lease_back(two, pg, upstream, redis_server):
+    a, b = two
+    slug = pg.add_project(pg.unique_slug("handover"), base_url=upstream.url, interval=0.2)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    on_a, on_b = stream(a, slug), stream(b, slug)
+    on_a.next_event("status_update")
+    on_b.next_event("status_update")
+    client = redis.Redis.from_url(redis_server.url)
+    holder = client.get(f"public-status:lease:{slug}").decode()
+    stopping = a if int(holder.split(":")[1]) in a.worker_pids() else b
+    assert metric(stopping.url, "public_status_redis_shared") == 1
+    stopping.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: client.get(f"public-status:lease:{slug}") != holder.encode(), timeout=0.5)

@@ -431,6 +431,16 @@ def _parse_message(block: str) -> Message | None:
     return message
 
 
+class FakeClock:
+    """A clock a test moves by hand: `clock.now += 31`."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01):
     """Poll until `predicate()` is truthy; return its value, or fail after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@
 import psycopg2
 import pytest
 
+from helpers import FakeClock, TcpProxy
 from public_service import (
     PROJECT_SQL,
     Config,
@@ -12,14 +13,6 @@ from public_service import (
     ProjectDirectory,
     SecretRedactor,
 )
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 def directory_for(url, clock=None, **settings):
@@ -137,8 +130,6 @@ def test_the_query_is_a_plain_select():
 
 
 def test_known_projects_outlive_a_database_outage(pg):
-    from helpers import TcpProxy
-
     proxy = TcpProxy(5432)
     clock = FakeClock()
     url = pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")

@@ -37,8 +37,11 @@ def stream(service, slug):
     return events
 
 
-def requests_between(upstream, path, start, end):
-    return len([r for r in upstream.requests_to(path) if start <= r.at < end])
+def polled_during(upstream, slug, seconds):
+    """How many requests the project's client API gets in the next `seconds`."""
+    started = time.monotonic()
+    time.sleep(seconds)
+    return len([r for r in upstream.requests_to(f"/{slug}") if r.at >= started])
 
 
 def test_both_instances_see_a_change_and_the_api_is_polled_once(two, pg, upstream):
@@ -49,9 +52,7 @@ def test_both_instances_see_a_change_and_the_api_is_polled_once(two, pg, upstrea
     first_a, first_b = on_a.next_event("status_update"), on_b.next_event("status_update")
     assert first_a.data == first_b.data
 
-    started = time.monotonic()
-    time.sleep(3)
-    polled = requests_between(upstream, f"/{slug}", started, time.monotonic())
+    polled = polled_during(upstream, slug, 3)
     print(f"\n2 instances sharing Redis: {polled} client API requests in 3 s at 0.25 s")
     assert 10 <= polled <= 14                       # 12 in 3 s, not 24
 
@@ -72,18 +73,14 @@ def test_without_redis_each_instance_polls_on_its_own(start_service, pg, upstrea
     upstream.set_statuses(f"/{slug}", {"A1": "open"})
     on_a = stream(a, slug)
     on_a.next_event("status_update")
-    started = time.monotonic()
-    time.sleep(3)
-    polled = requests_between(upstream, f"/{slug}", started, time.monotonic())
+    polled = polled_during(upstream, slug, 3)
     print(f"\n1 instance: {polled} client API requests in 3 s at 0.25 s")
     assert 10 <= polled <= 14
 
     b = start_service()
     on_b = stream(b, slug)
     on_b.next_event("status_update")
-    started = time.monotonic()
-    time.sleep(3)
-    polled = requests_between(upstream, f"/{slug}", started, time.monotonic())
+    polled = polled_during(upstream, slug, 3)
     print(f"2 instances without Redis: {polled} client API requests in 3 s at 0.25 s")
     assert 20 <= polled <= 28
 
@@ -165,9 +162,7 @@ def test_without_redis_both_keep_serving_and_converge_when_it_returns(two, pg, u
     for service in (a, b):
         answer = requests.get(f"{service.url}/api/public/{slug}/status", timeout=5)
         assert answer.status_code == 200 and answer.json()["statuses"]["A1"] == "sold"
-    started = time.monotonic()
-    time.sleep(2)
-    alone = requests_between(upstream, f"/{slug}", started, time.monotonic())
+    alone = polled_during(upstream, slug, 2)
     assert alone >= 13                                  # each polls on its own: about 16
 
     redis_server.start()
@@ -182,9 +177,7 @@ def test_without_redis_both_keep_serving_and_converge_when_it_returns(two, pg, u
     while seen_b.event not in ("bulk_update", "status_update") or "reserved" not in seen_b.data:
         seen_b = on_b.next(5)
     assert seen_a.id == seen_b.id                       # one version again, on both
-    started = time.monotonic()
-    time.sleep(2)
-    shared = requests_between(upstream, f"/{slug}", started, time.monotonic())
+    shared = polled_during(upstream, slug, 2)
     assert shared <= 10                                 # one poller again: about 8
     for service in (a, b):
         logs = service.logs()

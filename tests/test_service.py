@@ -5,6 +5,7 @@ import logging
 
 import pytest
 
+from helpers import FakeClock
 from public_service import (
     Config,
     Metrics,
@@ -16,17 +17,9 @@ from public_service import (
 )
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 5000.0
-
-    def __call__(self):
-        return self.now
-
-
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return FakeClock(5000.0)
 
 
 @pytest.fixture

@@ -28,6 +28,15 @@ def open_stream(service, slug, **kwargs):
     return EventStream(service.port, f"/api/public/{slug}/status/stream", **kwargs)
 
 
+def watch_new_project(service, pg, upstream, statuses, **columns):
+    """A fresh project answering `statuses`, and a stream on it past its first snapshot."""
+    slug = pg.add_project(pg.unique_slug(), base_url=upstream.url, **columns)
+    upstream.set_statuses(f"/{slug}", statuses)
+    stream = open_stream(service, slug)
+    stream.next_event("status_update")
+    return slug, stream
+
+
 def test_stream_headers_as_received_on_the_wire(live, project):
     stream = open_stream(live, project)
     assert stream.status_line == "HTTP/1.1 200 OK"
@@ -144,10 +153,7 @@ def test_many_subscribers_share_one_poller(live, pg, upstream):
 
 
 def test_forced_refresh_reaches_subscribers(live, pg, upstream):
-    slug = pg.add_project(pg.unique_slug(), base_url=upstream.url, interval=60)
-    upstream.set_statuses(f"/{slug}", {"A1": "open"})
-    stream = open_stream(live, slug)
-    stream.next_event("status_update")
+    slug, stream = watch_new_project(live, pg, upstream, {"A1": "open"}, interval=60)
     upstream.set_statuses(f"/{slug}", {"A1": "closed"})
     sent = time.monotonic()
     response = requests.post(f"{live.url}/api/public/{slug}/status/refresh", timeout=5)
@@ -223,10 +229,7 @@ def test_the_first_snapshot_arrives_once_the_client_api_answers(live, pg, upstre
 
 
 def test_streams_of_a_deactivated_project_end(live, pg, upstream):
-    slug = pg.add_project(pg.unique_slug(), base_url=upstream.url, interval=0.1)
-    upstream.set_statuses(f"/{slug}", {"A1": "open"})
-    stream = open_stream(live, slug)
-    stream.next_event("status_update")
+    slug, stream = watch_new_project(live, pg, upstream, {"A1": "open"}, interval=0.1)
     pg.set_active(slug, False)
     while stream.next(timeout=3) is not None:
         pass

@@ -10,13 +10,16 @@ caches them, and streams every change to browsers over Server-Sent Events:
     POST /api/public/<slug>/status/refresh  fetch now (rate limited)
     GET  /healthz, /readyz, /metrics        for the operator
 
-Run it with `gunicorn -k gevent wsgi:app` (see Procfile); `wsgi.py` monkey-patches
-first. The contract is SPEC.md; the README says how to run, test and deploy it.
+Run it with the Procfile's command (gunicorn, its gevent_pywsgi worker, `wsgi:app`);
+`wsgi.py` monkey-patches first. The contract is SPEC.md; the README says how to run,
+test, benchmark and deploy it.
 
 Choices a reader might otherwise "fix":
 
 - One upstream request per project at a time. Cache misses, forced refreshes and the
   poller of a project all wait on the same in-flight fetch (`StatusService._fetch_shared`).
+- A GET of a warm project never reaches Flask: `WarmStatusFastPath` answers it from
+  the snapshot's pre-encoded body, with the very headers Flask's path would send.
 - A failed fetch never reaches the public: the last good snapshot is served (stale),
   and only when there has never been one is the answer 503 + Retry-After.
 - Every message is encoded to bytes once and the same bytes go to every subscriber;
@@ -30,8 +33,9 @@ Choices a reader might otherwise "fix":
 - Credentials live in `Project` fields that are left out of its repr, are sent only in
   request headers, and are scrubbed from every log line by `SecretRedactor`, third-party
   debug lines included.
-- Snapshots and their publication sit behind one seam, `LocalStore`; the only other
-  implementation anyone should need is a shared one (Redis).
+- Snapshots and their publication sit behind one seam, `LocalStore`. `RedisStore` is
+  the shared one (REDIS_URL): one poller and one version per project for the whole
+  deployment, falling back to a LocalStore of its own while Redis is away.
 """
 
 from __future__ import annotations
@@ -201,6 +205,10 @@ class NoSnapshot(PublicStatusError):
     def __init__(self, retry_after: float):
         super().__init__(f"no snapshot, retry after {retry_after:.1f}s")
         self.retry_after = retry_after
+
+
+class StreamsFull(PublicStatusError):
+    """This worker holds MAX_STREAMS streams already."""
 
 
 class RefreshLimited(PublicStatusError):
@@ -664,6 +672,7 @@ class ProjectDirectory:
         self._loading: dict[str, gevent.Greenlet] = {}
         self._retry_db_at = -math.inf
         self._db_failing = False
+        self._config_errors: dict[str, str] = {}  # the last one logged, per slug
 
     def cached(self, slug: str) -> Project | None:
         """The project if its row is cached and fresh; never touches the database."""
@@ -720,9 +729,13 @@ class ProjectDirectory:
             return None
         project = project_from_row(slug, row, self._default_interval)
         self._redactor.add(project.secrets)
-        if project.config_error:
+        if project.config_error and self._config_errors.get(slug) != project.config_error:
             log.error("project %s: integration config unusable: %s", slug, project.config_error,
                       extra={"project": slug, "event": "config_error"})
+        if project.config_error:
+            self._config_errors[slug] = project.config_error
+        else:
+            self._config_errors.pop(slug, None)
         return project
 
 
@@ -1134,8 +1147,12 @@ class RedisStore:
             pubsub.subscribe(CHANGES_CHANNEL)
             while self.shared and not self._closed:
                 message = pubsub.get_message(timeout=1.0)
-                if message is not None:
+                if message is None:
+                    continue
+                try:
                     self._on_message(json.loads(message["data"]))
+                except (ValueError, KeyError, TypeError):  # anyone may publish on a channel
+                    log.warning("ignored a malformed message on %s", CHANGES_CHANNEL)
         finally:
             pubsub.close()
 
@@ -1525,10 +1542,6 @@ class Subscriber:
                 self._socket.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already gone
-
-
-class StreamsFull(PublicStatusError):
-    """This worker holds MAX_STREAMS streams already."""
 
 
 @dataclass(eq=False)

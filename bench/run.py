@@ -81,7 +81,10 @@ def procfile_args() -> list[str]:
 
 
 class Server:
-    """A gunicorn (or other) process pinned to the server core."""
+    """A gunicorn (or other) process pinned to the server core. Every one started is in
+    `Server.started`, so the run can stop them all whatever happens."""
+
+    started: list[Server] = []
 
     def __init__(self, name: str, command: list[str], port: int, env: dict | None = None,
                  core: str = SERVER_CORE):
@@ -89,6 +92,7 @@ class Server:
         self.process = subprocess.Popen(
             ["taskset", "-c", core, *command], cwd=ROOT, env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        Server.started.append(self)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -109,6 +113,8 @@ class Server:
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
 
     def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
         self.process.terminate()
         try:
             self.process.wait(30)
@@ -257,8 +263,8 @@ def main() -> None:
     started = time.monotonic()
 
     upstream_port = free_port()
-    upstream = Server("client API", [sys.executable, str(ROOT / "bench" / "upstream.py"), str(upstream_port)],
-                      upstream_port, core=LOAD_CORE)
+    Server("client API", [sys.executable, str(ROOT / "bench" / "upstream.py"), str(upstream_port)],
+           upstream_port, core=LOAD_CORE)
     upstream_url = f"http://127.0.0.1:{upstream_port}"
     database_url = prepare_database(upstream_url)
     env = {"DATABASE_URL": database_url, "STATUS_CACHE_TTL": "3600", "SSE_PING_INTERVAL": "3600",
@@ -310,10 +316,8 @@ def main() -> None:
         broadcast.stop()
         results["load_cpu"] = load("quit")
     finally:
-        upstream.stop()
-        for server in ("ours", "floor", "broadcast"):
-            if server in locals():
-                locals()[server].stop()
+        for server in Server.started:
+            server.stop()
 
     results["seconds"] = time.monotonic() - started
     out = ROOT / "bench" / "results"

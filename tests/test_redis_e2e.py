@@ -37,6 +37,16 @@ def stream(service, slug):
     return events
 
 
+def watched_on_both(two, pg, upstream, prefix, statuses, interval):
+    """A fresh project and a stream on each instance, both past their first snapshot."""
+    slug = pg.add_project(pg.unique_slug(prefix), base_url=upstream.url, interval=interval)
+    upstream.set_statuses(f"/{slug}", statuses)
+    on_a, on_b = stream(two[0], slug), stream(two[1], slug)
+    on_a.next_event("status_update")
+    on_b.next_event("status_update")
+    return slug, on_a, on_b
+
+
 def polled_during(upstream, slug, seconds):
     """How many requests the project's client API gets in the next `seconds`."""
     started = time.monotonic()
@@ -123,11 +133,7 @@ def test_concurrent_refreshes_across_instances_share_one_fetch(two, pg, upstream
 
 def test_the_lease_moves_when_its_holder_dies(two, pg, upstream, redis_server):
     a, b = two
-    slug = pg.add_project(pg.unique_slug("lease"), base_url=upstream.url, interval=0.2)
-    upstream.set_statuses(f"/{slug}", {"A1": "open"})
-    on_a, on_b = stream(a, slug), stream(b, slug)
-    on_a.next_event("status_update")
-    on_b.next_event("status_update")
+    slug, on_a, on_b = watched_on_both(two, pg, upstream, "lease", {"A1": "open"}, 0.2)
     time.sleep(0.5)
     holder = redis.Redis.from_url(redis_server.url).get(f"public-status:lease:{slug}").decode()
     holder_pid = int(holder.split(":")[1])
@@ -148,11 +154,7 @@ def test_the_lease_moves_when_its_holder_dies(two, pg, upstream, redis_server):
 
 def test_without_redis_both_keep_serving_and_converge_when_it_returns(two, pg, upstream, redis_server):
     a, b = two
-    slug = pg.add_project(pg.unique_slug("outage"), base_url=upstream.url, interval=0.25)
-    upstream.set_statuses(f"/{slug}", {"A1": "open", "A2": "open"})
-    on_a, on_b = stream(a, slug), stream(b, slug)
-    on_a.next_event("status_update")
-    on_b.next_event("status_update")
+    slug, on_a, on_b = watched_on_both(two, pg, upstream, "outage", {"A1": "open", "A2": "open"}, 0.25)
 
     redis_server.stop()
     time.sleep(0.5)
@@ -210,11 +212,7 @@ def test_no_credential_reaches_redis(two, pg, upstream, redis_server):
 
 def test_a_stopping_holder_gives_its_lease_back(two, pg, upstream, redis_server):
     a, b = two
-    slug = pg.add_project(pg.unique_slug("handover"), base_url=upstream.url, interval=0.2)
-    upstream.set_statuses(f"/{slug}", {"A1": "open"})
-    on_a, on_b = stream(a, slug), stream(b, slug)
-    on_a.next_event("status_update")
-    on_b.next_event("status_update")
+    slug, *_open_streams = watched_on_both(two, pg, upstream, "handover", {"A1": "open"}, 0.2)
     client = redis.Redis.from_url(redis_server.url)
     holder = client.get(f"public-status:lease:{slug}").decode()
     stopping = a if int(holder.split(":")[1]) in a.worker_pids() else b

@@ -294,7 +294,7 @@ def build_status_lookup(mapping: Any) -> dict[str, str]:
 
     `mapping` is the `status_mapping` column: `{"sold": ["closed", ...], ...}`; a single
     string stands for a one-item list. Keys that are not one of the five statuses and
-    values that are not strings are ignored (the caller has already logged the mapping).
+    values that are not strings are ignored.
     """
     own: dict[str, Any] = {}
     if isinstance(mapping, Mapping):
@@ -1773,13 +1773,19 @@ def stream_status(slug: str):
     return response
 
 
-def _client_socket(environ: Mapping[str, Any]) -> socket.socket | None:
-    """The client's socket under gunicorn's gevent workers; None elsewhere, or where the
-    connection is shared by several streams (HTTP/2)."""
-    if environ.get("HTTP_VERSION") == "2" or environ.get("SERVER_PROTOCOL", "").startswith("HTTP/2"):
-        return None
+def _connection(environ: Mapping[str, Any]) -> socket.socket | None:
+    """The request's client socket: gunicorn's gevent worker names it `gunicorn.socket`,
+    its gevent_pywsgi worker `gunicorn.sock`; other servers give none."""
     sock = environ.get("gunicorn.socket") or environ.get("gunicorn.sock")
     return sock if hasattr(sock, "fileno") else None
+
+
+def _client_socket(environ: Mapping[str, Any]) -> socket.socket | None:
+    """The socket a stream may watch: none where the connection is shared by several
+    streams (HTTP/2)."""
+    if environ.get("HTTP_VERSION") == "2" or environ.get("SERVER_PROTOCOL", "").startswith("HTTP/2"):
+        return None
+    return _connection(environ)
 
 
 @routes.get("/")
@@ -1885,7 +1891,7 @@ class ConnectionTracker:
         self._connections: weakref.WeakSet = weakref.WeakSet()
 
     def __call__(self, environ, start_response):
-        sock = environ.get("gunicorn.sock") or environ.get("gunicorn.socket")
+        sock = _connection(environ)
         if sock is not None:
             self._connections.add(sock)
         return self._wsgi_app(environ, start_response)

@@ -11,31 +11,34 @@ caches them, and streams every change to browsers over Server-Sent Events:
     GET  /healthz, /readyz, /metrics        for the operator
 
 Run it with the Procfile's command (gunicorn, its gevent_pywsgi worker, `wsgi:app`);
-`wsgi.py` monkey-patches first. The contract is SPEC.md; the README says how to run,
-test, benchmark and deploy it.
+`wsgi.py` monkey-patches first. The contract is SPEC.md; the README says the rest.
 
-Choices a reader might otherwise "fix":
+The file, in the order data flows, a section under each banner:
 
-- One upstream request per project at a time. Cache misses, forced refreshes and the
-  poller of a project all wait on the same in-flight fetch (`StatusService._fetch_shared`).
-- A GET of a warm project never reaches Flask: `WarmStatusFastPath` answers it from
-  the snapshot's pre-encoded body, with the very headers Flask's path would send.
-- A failed fetch never reaches the public: the last good snapshot is served (stale),
-  and only when there has never been one is the answer 503 + Retry-After.
-- Every message is encoded to bytes once and the same bytes go to every subscriber;
-  a snapshot carries its pre-encoded GET body and `status_update` event.
-- One ping clock per worker, not a timer per stream.
-- The stream endpoint answers 404 only for a project that is truly unknown. For
-  transient trouble it answers 200 `text/event-stream` with a `retry:` and closes,
-  because a browser's EventSource gives up for good on any other answer.
-- A closed client is noticed by watching its socket for EOF (an I/O watcher in the
-  gevent hub), not at the next failed write, which can be a minute later.
-- Credentials live in `Project` fields that are left out of its repr, are sent only in
-  request headers, and are scrubbed from every log line by `SecretRedactor`, third-party
-  debug lines included.
-- Snapshots and their publication sit behind one seam, `LocalStore`. `RedisStore` is
-  the shared one (REDIS_URL): one poller and one version per project for the whole
-  deployment, falling back to a LocalStore of its own while Redis is away.
+    config             Config, read once from the environment
+    logs and metrics   Metrics, SecretRedactor, JsonFormatter
+    types              errors, Project, SSEMessage, Snapshot (with its encodings)
+    normalization      pure: response shapes -> unit statuses -> the five statuses, diffs
+    database           ProjectDirectory: project rows by slug, cached, over a small pool
+    upstream client    UpstreamClient: one project's statuses from its client API
+    cache and pollers  StatusService (fetch, refresh, poll) -> Store (Local or Redis)
+    SSE                Fanout -> Stream: each change, encoded once, to every open stream
+    routes             the Flask views and the warm-GET fast path
+    app factory        create_app(): builds and wires all of the above
+
+Data flows one way. The service fetches and commits into the store; the store tells
+the fanout of each new snapshot (a callback given at construction); the fanout hands it
+to the project's streams, which write it, and runs one poller per watched
+project (the service's `poll`, also a callback). Nothing holds what consumes it.
+
+Choices a reader might otherwise "fix": one upstream request per project at a time
+(misses, refreshes and the poller join it; `SingleFlight`, `Store.fetch`); a warm GET
+never reaches Flask (`WarmStatusFastPath`); a failed fetch never reaches the public
+(stale snapshot, else 503 + Retry-After); every message is encoded once for all its
+streams; the stream answers 404 only for a truly unknown project, and 200 + `retry:`
+for transient trouble, as EventSource gives up on anything else; a closed client is
+noticed by an I/O watcher on its socket; credentials stay out of reprs and leave only
+as request headers, and every log line is scrubbed of them (`SecretRedactor`).
 """
 
 from __future__ import annotations
@@ -55,12 +58,12 @@ import termios
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
@@ -164,6 +167,131 @@ def _env_number(env, name, default, kind=float, minimum=None):
     return value
 
 
+# --------------------------------------------------------------------------- logs and metrics
+
+class Metrics:
+    """Per-worker Prometheus metrics. Label values come from fixed sets only."""
+
+    UPSTREAM_OUTCOMES = ("ok", "http_error", "timeout", "connection", "tls", "too_large",
+                         "bad_body", "config", "error")
+
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.open_streams = Gauge("public_status_open_streams", "Open SSE streams", registry=r)
+        self.watched_projects = Gauge("public_status_watched_projects",
+                                      "Projects with at least one open stream", registry=r)
+        self.pollers = Gauge("public_status_pollers", "Poller greenlets running", registry=r)
+        self.upstream_requests = Counter("public_status_upstream_requests",
+                                         "Client API fetches by outcome", ["outcome"], registry=r)
+        self.upstream_seconds = Histogram("public_status_upstream_seconds",
+                                          "Client API fetch duration", registry=r)
+        self.cache = Counter("public_status_cache", "Status reads by cache result", ["result"],
+                             registry=r)
+        self.refresh_limited = Counter("public_status_refresh_limited",
+                                       "Forced refreshes answered 429", registry=r)
+        self.db_errors = Counter("public_status_db_errors", "Failed database queries", registry=r)
+        self.streams_rejected = Counter("public_status_streams_rejected",
+                                        "Streams sent away because MAX_STREAMS was reached",
+                                        registry=r)
+        self.streams_dropped = Counter("public_status_streams_dropped",
+                                       "Streams closed for falling too far behind", registry=r)
+        self.redis_shared = Gauge("public_status_redis_shared",
+                                  "1 while snapshots and pollers are shared through Redis",
+                                  registry=r)
+        for outcome in self.UPSTREAM_OUTCOMES:
+            self.upstream_requests.labels(outcome)
+        for result in ("hit", "miss", "stale"):
+            self.cache.labels(result)
+        self.cache_hits = self.cache.labels("hit")  # the hot path's child, looked up once
+
+    def watch(self, fanout: Fanout, store: Store) -> None:  # gauges read when scraped
+        self.open_streams.set_function(lambda: fanout.stream_count)
+        self.watched_projects.set_function(lambda: fanout.watched_projects)
+        self.pollers.set_function(lambda: fanout.poller_count)
+        self.redis_shared.set_function(lambda: int(store.shared))
+
+
+class SecretRedactor(logging.Filter):
+    """Replaces every known credential in a log record with `***`, whoever logged it.
+
+    Attached to the handlers, so it sees records of every library, tracebacks included.
+    """
+
+    MIN_LENGTH = 3  # shorter strings are no secret, and replacing them garbles every line
+
+    def __init__(self):
+        super().__init__()
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern | None = None
+        self._lock = threading.Lock()
+
+    def add(self, secrets) -> None:
+        fresh = {s for s in secrets if s and len(s) >= self.MIN_LENGTH} - self._secrets
+        if fresh:
+            with self._lock:
+                self._secrets |= fresh
+                ordered = sorted(self._secrets, key=len, reverse=True)
+                self._pattern = re.compile("|".join(map(re.escape, ordered)))
+
+    def redact(self, text: str) -> str:
+        return self._pattern.sub("***", text) if self._pattern else text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._pattern is None:
+            return True
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args = self.redact(message), None
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the `project`, `event` and `duration` extras."""
+
+    EXTRAS = ("project", "event", "duration")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                    + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({key: getattr(record, key) for key in self.EXTRAS if hasattr(record, key)})
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry)
+
+
+def configure_logging(config: Config, redactor: SecretRedactor) -> None:
+    """Our handler on the root logger (so library lines are formatted and redacted too),
+    and the redactor on gunicorn's handlers as well."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "public_status", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler()
+    handler.public_status = True
+    if config.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(redactor)
+    root.addHandler(handler)
+    root.setLevel(config.log_level)
+    for name in ("gunicorn.error", "gunicorn.access"):
+        for gunicorn_handler in logging.getLogger(name).handlers:
+            gunicorn_handler.addFilter(redactor)
+
+
 # --------------------------------------------------------------------------- types
 
 STATUSES = ("available", "reserved", "sold", "hidden", "unreleased")
@@ -172,14 +300,17 @@ SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 MAX_TIMEOUT_SECONDS = 120.0       # a misconfigured timeout must not pin a fetch for hours
-SUBSCRIBER_QUEUE_SIZE = 64        # messages a slow reader may fall behind before it is dropped
+STREAM_QUEUE_SIZE = 64            # messages a slow reader may fall behind before it is dropped
 DB_RETRY_SECONDS = 1.0            # after a database failure, serve from cache this long untried
 DB_RETRY_AFTER = 5                # Retry-After (s) on a 503 caused by the database
 PROJECT_CACHE_ENTRIES = 10_000    # slugs (known or not) whose lookup is remembered
 
 
 class PublicStatusError(Exception):
-    """Base of the service's own errors. Their messages are safe to log, never shown."""
+    """Base of the service's own errors. Their messages are safe to log, never shown;
+    `retry_after` is the Retry-After of an answer that says "try again"."""
+
+    retry_after: float | None = None
 
 
 class StatusParseError(PublicStatusError):
@@ -198,25 +329,31 @@ class UpstreamError(PublicStatusError):
 class DatabaseUnavailable(PublicStatusError):
     """The shared database did not answer (down, timed out, refused the query)."""
 
+    retry_after = DB_RETRY_AFTER
 
-class NoSnapshot(PublicStatusError):
-    """There is no snapshot to serve yet; try again in `retry_after` seconds."""
+
+class ProjectNotFound(PublicStatusError):
+    """No active project with an integration config has this slug (or it is malformed)."""
+
+
+class TryLater(PublicStatusError):
+    """An answer that says "try again in `retry_after` seconds"."""
 
     def __init__(self, retry_after: float):
-        super().__init__(f"no snapshot, retry after {retry_after:.1f}s")
+        super().__init__(f"{type(self).__name__}, retry after {retry_after:.1f}s")
         self.retry_after = retry_after
+
+
+class NoSnapshot(TryLater):
+    """There is no snapshot to serve yet."""
 
 
 class StreamsFull(PublicStatusError):
-    """This worker holds MAX_STREAMS streams already."""
+    """This worker takes no more streams: it holds MAX_STREAMS, or is shutting down."""
 
 
-class RefreshLimited(PublicStatusError):
+class RefreshLimited(TryLater):
     """A forced refresh came too soon after the previous one."""
-
-    def __init__(self, retry_after: float):
-        super().__init__(f"refresh limited, retry after {retry_after:.1f}s")
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -237,6 +374,36 @@ class Project:
     config_error: str | None = None                   # why it cannot be fetched, if so
 
 
+@dataclass(frozen=True)
+class SSEMessage:
+    """One Server-Sent Events message, as a value. `encode()` gives the wire bytes."""
+
+    data: str | None = None
+    event: str | None = None
+    id: int | str | None = None
+    retry: int | None = None
+
+    def encode(self) -> bytes:
+        lines = []
+        if self.id is not None:
+            lines.append(f"id: {_one_line(str(self.id))}")
+        if self.event is not None:
+            lines.append(f"event: {_one_line(self.event)}")
+        if self.retry is not None:
+            lines.append(f"retry: {int(self.retry)}")
+        if self.data is not None:
+            lines.extend(f"data: {line}" for line in _SSE_LINE_BREAK.split(self.data))
+        return ("\n".join(lines) + "\n\n").encode()
+
+
+_SSE_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _one_line(value: str) -> str:
+    """A field value may not break the line, and an id holding NUL is ignored by clients."""
+    return _SSE_LINE_BREAK.sub(" ", value).replace("\0", "")
+
+
 @dataclass(frozen=True, eq=False)
 class Snapshot:
     """Statuses of one project at one version, with their encodings made once."""
@@ -250,12 +417,30 @@ class Snapshot:
     @classmethod
     def build(cls, slug: str, version: int, statuses: Mapping[str, str]) -> Snapshot:
         body = json.dumps({"project": slug, "statuses": statuses, "count": len(statuses)})
-        event = SSEMessage(
-            event="status_update", data=json.dumps({"statuses": statuses}), id=version
-        )
+        event = SSEMessage(event="status_update", data=json.dumps({"statuses": statuses}), id=version)
         return cls(slug, version, statuses, body.encode(), event.encode())
 
 
+class SingleFlight:
+    """One call at a time per key: whoever asks while the work runs joins it. The work
+    has its own greenlet, so a caller that goes away cannot cancel it; it returns errors
+    rather than raising them (gevent would print them)."""
+
+    def __init__(self):
+        self._running: dict[str, gevent.Greenlet] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._running
+
+    def join(self, key: str, work: Callable[[], Any]) -> Any:
+        flight = self._running.get(key) or self._running.setdefault(key, gevent.spawn(self._run, key, work))
+        return flight.get()
+
+    def _run(self, key: str, work: Callable[[], Any]) -> Any:
+        try:
+            return work()
+        finally:
+            del self._running[key]
 # --------------------------------------------------------------------------- normalization
 
 DEFAULT_STATUS_VALUES: Mapping[str, tuple[str, ...]] = {
@@ -415,9 +600,6 @@ SELECT ic.api_base_url, ic.status_endpoint, ic.auth_type, ic.auth_credentials::t
  LIMIT 1
 """
 
-HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
-
 
 def _json_column(value: str | None) -> Any:
     """A json/jsonb/text column read as text -> Python; text may hold JSON twice-encoded."""
@@ -427,6 +609,220 @@ def _json_column(value: str | None) -> Any:
     if isinstance(parsed, str) and parsed.strip()[:1] in ("{", "["):
         parsed = json.loads(parsed)
     return parsed
+
+
+def project_from_row(slug: str, row: tuple, default_poll_interval: float) -> Project:
+    """A row of PROJECT_SQL -> Project. A bad setting makes a project that fails to fetch
+    (with `config_error` saying why), rather than one that does not exist."""
+    base, endpoint, auth_type, raw_credentials, timeout, raw_mapping, interval = row
+    url, userinfo = split_userinfo(join_status_url(base, endpoint))
+    timeout = float(timeout) if timeout is not None and timeout > 0 else DEFAULT_TIMEOUT_SECONDS
+    interval = float(interval) if interval is not None and interval > 0 else default_poll_interval
+    headers: dict[str, str] = {}
+    credentials: Any = None
+    problems = []
+    try:
+        credentials = _json_column(raw_credentials)
+    except ValueError:
+        problems.append("auth_credentials is not JSON")
+    try:
+        mapping = _json_column(raw_mapping)
+    except ValueError:
+        problems.append("status_mapping is not JSON")
+        mapping = None
+    if not problems:
+        try:
+            headers = auth_headers(auth_type, credentials, userinfo)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if any(not HEADER_VALUE.fullmatch(value) for value in headers.values()):
+        problems.append("a credential holds characters not allowed in an HTTP header")
+        headers = {}
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        problems.append("api_base_url and status_endpoint do not make an http(s) URL")
+    return Project(slug, url, min(timeout, MAX_TIMEOUT_SECONDS), interval, headers,
+                   build_status_lookup(mapping), _secret_strings(credentials, userinfo, headers),
+                   "; ".join(problems) or None)
+
+
+class ConnectionPool:
+    """At most `size` open connections; a caller waits for a free one.
+
+    psycopg2's own pools raise instead of waiting, and keep no idle connections
+    above `minconn`. A connection that raised is closed, never handed out again.
+    """
+
+    def __init__(self, connect: Callable[[], Any], size: int):
+        self._connect = connect
+        self._idle: list = []
+        self._slots = gevent.lock.BoundedSemaphore(size)
+
+    @contextmanager
+    def connection(self, fresh: bool = False):
+        """A connection for one use; `fresh` drops the idle ones and opens a new one."""
+        with self._slots:
+            if fresh:
+                self.discard_idle()
+            conn = self._idle.pop() if self._idle else self._connect()
+            try:
+                yield conn
+            except BaseException:
+                conn.close()
+                raise
+            if conn.closed:
+                return
+            self._idle.append(conn)
+
+    def discard_idle(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
+class Database:
+    """Read-only access to the shared database: a pool of cooperative connections."""
+
+    def __init__(self, url: str, pool_size: int, timeout: float):
+        self._timeout = timeout
+        self._params = _connection_params(url, timeout)
+        self._pool = ConnectionPool(self._connect, pool_size)
+        self.password: str | None = self._params.get("password")
+
+    def __repr__(self) -> str:
+        return f"<Database {self._params.get('host', 'local')}/{self._params.get('dbname', '')}>"
+
+    def _connect(self):
+        conn = psycopg2.connect(**self._params)
+        conn.autocommit = True  # one statement per use; never an idle open transaction
+        return conn
+
+    def fetch_one(self, sql: str, params: tuple = ()) -> tuple | None:
+        """Run one SELECT; DatabaseUnavailable for anything that goes wrong."""
+        try:
+            with gevent.Timeout(self._timeout, DatabaseUnavailable("the database timed out")):
+                try:
+                    return self._execute(sql, params)
+                except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                    # The pool may have handed out a connection the server had dropped.
+                    # A restart or an idle-connection kill drops them all at once: open
+                    # a new one and try once more.
+                    return self._execute(sql, params, fresh=True)
+        except psycopg2.Error as exc:
+            raise DatabaseUnavailable(f"{type(exc).__name__} ({exc.pgcode or 'no code'})") from exc
+
+    def _execute(self, sql: str, params: tuple, fresh: bool = False) -> tuple | None:
+        with self._pool.connection(fresh) as conn, conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+
+    def close(self) -> None:
+        self._pool.discard_idle()
+
+
+def _connection_params(url: str, timeout: float) -> dict[str, Any]:
+    """Connection keywords from DATABASE_URL, with read-only sessions and timeouts added
+    to whatever `options` the URL already carries."""
+    params: dict[str, Any] = psycopg2.extensions.parse_dsn(url)
+    statement_ms = max(1, int(timeout * 1000))
+    options = " ".join(filter(None, [
+        params.get("options"),
+        "-c default_transaction_read_only=on",
+        f"-c statement_timeout={statement_ms}",
+        f"-c idle_in_transaction_session_timeout={statement_ms}",
+    ]))
+    params.update(
+        options=options,
+        connect_timeout=max(2, math.ceil(timeout)),  # libpq's minimum is 2 seconds
+        application_name=params.get("application_name", "public-status"),
+        keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+    )
+    return params
+
+
+@dataclass
+class _DirectoryEntry:
+    project: Project | None          # None: no such active project with a config
+    expires_at: float
+
+
+class ProjectDirectory:
+    """Project settings by slug, cached for PROJECT_CACHE_TTL, unknown slugs included.
+
+    While the database is unreachable, projects already known are served from the
+    cache however old; a slug never seen raises DatabaseUnavailable.
+    """
+
+    def __init__(self, db: Database, config: Config, metrics: Metrics, redactor: SecretRedactor,
+                 clock: Callable[[], float] = time.monotonic):
+        self._db = db
+        self._ttl = config.project_cache_ttl
+        self._default_interval = config.default_poll_interval
+        self._metrics = metrics
+        self._redactor = redactor
+        self._clock = clock
+        self._entries: OrderedDict[str, _DirectoryEntry] = OrderedDict()
+        self._lookups = SingleFlight()       # concurrent lookups of one slug, one query
+        self._retry_db_at = -math.inf
+        self._db_failing = False
+        self._config_errors: dict[str, str] = {}  # the last one logged, per slug
+
+    def cached(self, slug: str) -> Project | None:
+        """The project if its row is cached and fresh; never touches the database."""
+        entry = self._entries.get(slug)
+        return entry.project if entry is not None and self._clock() < entry.expires_at else None
+
+    def get(self, slug: str) -> Project | None:
+        now = self._clock()
+        entry = self._entries.get(slug)
+        if entry is not None and now < entry.expires_at:
+            return entry.project
+        try:
+            if now < self._retry_db_at:
+                raise DatabaseUnavailable("the database failed moments ago")
+            project = self._lookups.join(slug, lambda: self._load(slug))
+            if isinstance(project, DatabaseUnavailable):
+                raise project
+        except DatabaseUnavailable:
+            if entry is not None and entry.project is not None:
+                return entry.project
+            raise
+        self._entries[slug] = _DirectoryEntry(project, self._clock() + self._ttl)
+        self._entries.move_to_end(slug)
+        while len(self._entries) > PROJECT_CACHE_ENTRIES:
+            self._entries.popitem(last=False)
+        return project
+
+    def _load(self, slug: str) -> Project | DatabaseUnavailable | None:
+        try:
+            row = self._db.fetch_one(PROJECT_SQL, (slug,))
+        except DatabaseUnavailable as exc:
+            self._metrics.db_errors.inc()
+            self._retry_db_at = self._clock() + DB_RETRY_SECONDS
+            if not self._db_failing:
+                self._db_failing = True
+                log.error("database unavailable (%s); serving known projects from cache", exc,
+                          extra={"event": "db_unavailable"})
+            return exc
+        if self._db_failing:
+            self._db_failing = False
+            log.warning("database reachable again", extra={"event": "db_recovered"})
+        if row is None:
+            return None
+        project = project_from_row(slug, row, self._default_interval)
+        self._redactor.add(project.secrets)
+        if project.config_error and self._config_errors.get(slug) != project.config_error:
+            log.error("project %s: integration config unusable: %s", slug, project.config_error,
+                      extra={"project": slug, "event": "config_error"})
+        if project.config_error:
+            self._config_errors[slug] = project.config_error
+        else:
+            self._config_errors.pop(slug, None)
+        return project
+
+
+# --------------------------------------------------------------------------- upstream client
+
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
 
 
 def join_status_url(base: str | None, endpoint: str | None) -> str:
@@ -506,240 +902,6 @@ def _secret_strings(credentials: Any, userinfo: tuple[str, str] | None, headers:
             found.append(value.split(" ", 1)[1])
     return tuple(sorted({s for s in found if s}, key=len, reverse=True))
 
-
-def project_from_row(slug: str, row: tuple, default_poll_interval: float) -> Project:
-    """A row of PROJECT_SQL -> Project. A bad setting makes a project that fails to fetch
-    (with `config_error` saying why), rather than one that does not exist."""
-    base, endpoint, auth_type, raw_credentials, timeout, raw_mapping, interval = row
-    url, userinfo = split_userinfo(join_status_url(base, endpoint))
-    timeout = float(timeout) if timeout is not None and timeout > 0 else DEFAULT_TIMEOUT_SECONDS
-    interval = float(interval) if interval is not None and interval > 0 else default_poll_interval
-    headers: dict[str, str] = {}
-    credentials: Any = None
-    problems = []
-    try:
-        credentials = _json_column(raw_credentials)
-    except ValueError:
-        problems.append("auth_credentials is not JSON")
-    try:
-        mapping = _json_column(raw_mapping)
-    except ValueError:
-        problems.append("status_mapping is not JSON")
-        mapping = None
-    if not problems:
-        try:
-            headers = auth_headers(auth_type, credentials, userinfo)
-        except ValueError as exc:
-            problems.append(str(exc))
-    if any(not HEADER_VALUE.fullmatch(value) for value in headers.values()):
-        problems.append("a credential holds characters not allowed in an HTTP header")
-        headers = {}
-    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
-        problems.append("api_base_url and status_endpoint do not make an http(s) URL")
-    return Project(
-        slug=slug,
-        status_url=url,
-        timeout=min(timeout, MAX_TIMEOUT_SECONDS),
-        poll_interval=interval,
-        auth_headers=headers,
-        status_lookup=build_status_lookup(mapping),
-        secrets=_secret_strings(credentials, userinfo, headers),
-        config_error="; ".join(problems) or None,
-    )
-
-
-class ConnectionPool:
-    """At most `size` open connections; a caller waits for a free one.
-
-    psycopg2's own pools raise instead of waiting, and keep no idle connections
-    above `minconn`. A connection that raised is closed, never handed out again.
-    """
-
-    def __init__(self, connect: Callable[[], Any], size: int):
-        self._connect = connect
-        self._idle: list = []
-        self._slots = gevent.lock.BoundedSemaphore(size)
-
-    @contextmanager
-    def connection(self, fresh: bool = False):
-        """A connection for one use; `fresh` drops the idle ones and opens a new one."""
-        with self._slots:
-            if fresh:
-                self.discard_idle()
-            conn = self._idle.pop() if self._idle else self._connect()
-            try:
-                yield conn
-            except BaseException:
-                conn.close()
-                raise
-            if conn.closed:
-                return
-            self._idle.append(conn)
-
-    def discard_idle(self) -> int:
-        """Close every idle connection; how many there were."""
-        count = len(self._idle)
-        while self._idle:
-            self._idle.pop().close()
-        return count
-
-
-class Database:
-    """Read-only access to the shared database: a pool of cooperative connections."""
-
-    def __init__(self, url: str, pool_size: int, timeout: float):
-        self._timeout = timeout
-        self._params = _connection_params(url, timeout)
-        self._pool = ConnectionPool(self._connect, pool_size)
-
-    def __repr__(self) -> str:
-        return f"<Database {self._params.get('host', 'local')}/{self._params.get('dbname', '')}>"
-
-    def _connect(self):
-        conn = psycopg2.connect(**self._params)
-        conn.autocommit = True  # one statement per use; never an idle open transaction
-        return conn
-
-    @property
-    def password(self) -> str | None:
-        return self._params.get("password")
-
-    def fetch_one(self, sql: str, params: tuple = ()) -> tuple | None:
-        """Run one SELECT; DatabaseUnavailable for anything that goes wrong."""
-        try:
-            with gevent.Timeout(self._timeout, DatabaseUnavailable("the database timed out")):
-                try:
-                    return self._execute(sql, params)
-                except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                    # The pool may have handed out a connection the server had dropped.
-                    # A restart or an idle-connection kill drops them all at once: open
-                    # a new one and try once more.
-                    return self._execute(sql, params, fresh=True)
-        except psycopg2.Error as exc:
-            raise DatabaseUnavailable(f"{type(exc).__name__} ({exc.pgcode or 'no code'})") from exc
-
-    def _execute(self, sql: str, params: tuple, fresh: bool = False) -> tuple | None:
-        with self._pool.connection(fresh) as conn, conn.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone()
-
-    def close(self) -> None:
-        self._pool.discard_idle()
-
-
-def _connection_params(url: str, timeout: float) -> dict[str, Any]:
-    """Connection keywords from DATABASE_URL, with read-only sessions and timeouts added
-    to whatever `options` the URL already carries."""
-    params: dict[str, Any] = psycopg2.extensions.parse_dsn(url)
-    statement_ms = max(1, int(timeout * 1000))
-    options = " ".join(filter(None, [
-        params.get("options"),
-        "-c default_transaction_read_only=on",
-        f"-c statement_timeout={statement_ms}",
-        f"-c idle_in_transaction_session_timeout={statement_ms}",
-    ]))
-    params.update(
-        options=options,
-        connect_timeout=max(2, math.ceil(timeout)),  # libpq's minimum is 2 seconds
-        application_name=params.get("application_name", "public-status"),
-        keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
-    )
-    return params
-
-
-@dataclass
-class _DirectoryEntry:
-    project: Project | None          # None: no such active project with a config
-    expires_at: float
-
-
-class ProjectDirectory:
-    """Project settings by slug, cached for PROJECT_CACHE_TTL, unknown slugs included.
-
-    While the database is unreachable, projects already known are served from the
-    cache however old; a slug never seen raises DatabaseUnavailable.
-    """
-
-    def __init__(self, db: Database, config: Config, metrics: Metrics, redactor: SecretRedactor,
-                 clock: Callable[[], float] = time.monotonic):
-        self._db = db
-        self._ttl = config.project_cache_ttl
-        self._default_interval = config.default_poll_interval
-        self._metrics = metrics
-        self._redactor = redactor
-        self._clock = clock
-        self._entries: OrderedDict[str, _DirectoryEntry] = OrderedDict()
-        self._loading: dict[str, gevent.Greenlet] = {}
-        self._retry_db_at = -math.inf
-        self._db_failing = False
-        self._config_errors: dict[str, str] = {}  # the last one logged, per slug
-
-    def cached(self, slug: str) -> Project | None:
-        """The project if its row is cached and fresh; never touches the database."""
-        entry = self._entries.get(slug)
-        if entry is not None and self._clock() < entry.expires_at:
-            return entry.project
-        return None
-
-    def get(self, slug: str) -> Project | None:
-        now = self._clock()
-        entry = self._entries.get(slug)
-        if entry is not None and now < entry.expires_at:
-            return entry.project
-        try:
-            project = self._load_shared(slug, now)
-        except DatabaseUnavailable:
-            if entry is not None and entry.project is not None:
-                return entry.project
-            raise
-        self._entries[slug] = _DirectoryEntry(project, self._clock() + self._ttl)
-        self._entries.move_to_end(slug)
-        while len(self._entries) > PROJECT_CACHE_ENTRIES:
-            self._entries.popitem(last=False)
-        return project
-
-    def _load_shared(self, slug: str, now: float) -> Project | None:
-        """Concurrent lookups of one slug share one query."""
-        if now < self._retry_db_at:
-            raise DatabaseUnavailable("the database failed moments ago")
-        loader = self._loading.get(slug)
-        if loader is None:
-            loader = self._loading[slug] = gevent.spawn(self._load, slug)
-            loader.link(lambda _: self._loading.pop(slug, None))
-        result = loader.get()
-        if isinstance(result, DatabaseUnavailable):
-            raise result
-        return result
-
-    def _load(self, slug: str) -> Project | DatabaseUnavailable | None:
-        try:
-            row = self._db.fetch_one(PROJECT_SQL, (slug,))
-        except DatabaseUnavailable as exc:
-            self._metrics.db_errors.inc()
-            self._retry_db_at = self._clock() + DB_RETRY_SECONDS
-            if not self._db_failing:
-                self._db_failing = True
-                log.error("database unavailable (%s); serving known projects from cache", exc,
-                          extra={"event": "db_unavailable"})
-            return exc
-        if self._db_failing:
-            self._db_failing = False
-            log.warning("database reachable again", extra={"event": "db_recovered"})
-        if row is None:
-            return None
-        project = project_from_row(slug, row, self._default_interval)
-        self._redactor.add(project.secrets)
-        if project.config_error and self._config_errors.get(slug) != project.config_error:
-            log.error("project %s: integration config unusable: %s", slug, project.config_error,
-                      extra={"project": slug, "event": "config_error"})
-        if project.config_error:
-            self._config_errors[slug] = project.config_error
-        else:
-            self._config_errors.pop(slug, None)
-        return project
-
-
-# --------------------------------------------------------------------------- upstream client
 
 class HeaderAuth(requests.auth.AuthBase):
     """Sets the credential headers. Passing an auth object also keeps requests from
@@ -836,50 +998,60 @@ def _root_cause(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- cache and pollers
 
-@dataclass
-class _Stored:
-    snapshot: Snapshot
-    fetched_at: float
+class Store(Protocol):
+    """Where snapshots live, and who may fetch or poll a project: the one seam for sharing
+    state between workers. Given at construction the callback that hears of each snapshot
+    it makes current, `on_change(snapshot, updates, resync)`: `updates`, the units changed
+    since the version before (None: no step from it); `resync`, the line was replaced."""
+
+    shared: bool          # True while the state is shared with other workers (Redis)
+    renew_every: float    # seconds between renewals of a poll lease while polling
+
+    # Snapshots: this worker's latest and its age (inf if none), without I/O; before a
+    # miss fetches, take what another worker committed meanwhile; record a fetch (a new
+    # version, published, only if anything changed).
+    def read(self, slug: str) -> tuple[Snapshot | None, float]: ...
+    def sync(self, slug: str) -> None: ...
+    def commit(self, slug: str, statuses: dict[str, str]) -> Snapshot: ...
+
+    # Fetches: run `do_fetch` as the deployment's one fetch of the project, or join the
+    # one under way elsewhere; 0 if a forced refresh may fetch now, else seconds to wait.
+    def fetch(self, slug: str, timeout: float, do_fetch: Callable[[], Snapshot | UpstreamError]
+              ) -> Snapshot | UpstreamError: ...
+    def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float: ...
+
+    # Polling: 0 if this worker polls the project now, else seconds until it may; stop
+    # polling it (another worker may take over at once); give everything back.
+    def poll_turn(self, slug: str) -> float: ...
+    def release_poll(self, slug: str) -> None: ...
+    def close(self) -> None: ...
 
 
-class LocalStore:
-    """Where snapshots live and how their changes are published: this worker's memory.
+class LocalStore(Store):
+    """The Store of a worker alone, in its memory: every fetch and poll is its own, and
+    nothing is elsewhere (`sync`, `release_poll` and `close`: the protocol's no-ops)."""
 
-    This is the one seam for sharing state between workers. `RedisStore` keeps the same
-    methods over Redis, for the whole deployment; here each is the trivial case, this
-    worker being the whole deployment (a fetch lock nobody else wants, a poll lease
-    always ours). Times come from `clock`; callers only ever see ages.
-    """
-
-    renew_every = math.inf  # how often a poll lease must be renewed: never, here
+    shared = False
+    renew_every = math.inf
 
     def __init__(self, on_change: Callable[..., None], clock: Callable[[], float] = time.monotonic):
         self._on_change = on_change
         self._clock = clock
-        self._stored: dict[str, _Stored] = {}
+        self._stored: dict[str, tuple[Snapshot, float]] = {}  # slug -> (latest, fetched at)
         self._refreshed_at: dict[str, float] = {}
 
-    def get(self, slug: str) -> tuple[Snapshot | None, float]:
-        """The latest snapshot here and its age in seconds (inf if none). No I/O."""
-        stored = self._stored.get(slug)
-        if stored is None:
-            return None, math.inf
-        return stored.snapshot, self._clock() - stored.fetched_at
-
-    def latest(self, slug: str) -> tuple[Snapshot | None, float]:
-        """Like get(), but a shared store also looks for a newer one elsewhere."""
-        return self.get(slug)
+    def read(self, slug: str) -> tuple[Snapshot | None, float]:
+        snapshot, fetched_at = self._stored.get(slug, (None, -math.inf))
+        return snapshot, self._clock() - fetched_at
 
     def slugs(self) -> list[str]:
         return list(self._stored)
 
     def commit(self, slug: str, statuses: dict[str, str]) -> Snapshot:
-        """Record a successful fetch: a new version, published, only if anything changed."""
-        stored = self._stored.get(slug)
-        if stored is not None and stored.snapshot.statuses == statuses:
-            stored.fetched_at = self._clock()
-            return stored.snapshot
-        previous = stored.snapshot if stored else None
+        previous, _ = self.read(slug)
+        if previous is not None and previous.statuses == statuses:
+            self.touch(slug, self._clock())
+            return previous
         snapshot = Snapshot.build(slug, previous.version + 1 if previous else 1, statuses)
         updates = diff_statuses(previous.statuses, statuses) if previous else None
         self.install(snapshot, self._clock(), updates)
@@ -887,21 +1059,17 @@ class LocalStore:
 
     def install(self, snapshot: Snapshot, fetched_at: float, updates: dict[str, str] | None,
                 resync: bool = False) -> None:
-        """Make `snapshot` the latest and tell the subscribers: `updates` are the changed
-        units (None: send everything); `resync` replaces whatever version they hold."""
-        self._stored[snapshot.slug] = _Stored(snapshot, fetched_at)
+        """Make `snapshot` the latest and tell the subscribers (see Store)."""
+        self._stored[snapshot.slug] = (snapshot, fetched_at)
         self._on_change(snapshot, updates, resync)
 
     def touch(self, slug: str, fetched_at: float) -> None:
         """The latest snapshot was fetched again, unchanged."""
-        stored = self._stored.get(slug)
-        if stored is not None:
-            stored.fetched_at = max(stored.fetched_at, fetched_at)
+        if slug in self._stored:
+            snapshot, before = self._stored[slug]
+            self._stored[slug] = (snapshot, max(before, fetched_at))
 
     def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float:
-        """0: go ahead (a fetch under way elsewhere is joined, not refused); else the
-        seconds until a refresh is allowed. A shared store takes the fetch lock with the
-        claim (held `timeout` at most), so no other worker can slip in between."""
         now = self._clock()
         wait = self._refreshed_at.get(slug, -math.inf) + min_interval - now
         if wait > 0:
@@ -909,26 +1077,11 @@ class LocalStore:
         self._refreshed_at[slug] = now
         return 0.0
 
-    def begin_fetch(self, slug: str, timeout: float) -> bool:
-        """Take the project's fetch for this worker; False if another worker has it."""
-        return True
-
-    def end_fetch(self, slug: str, failed: bool) -> None:
-        """Give the fetch back; `failed` tells those waiting for it."""
-
-    def await_fetch(self, slug: str, timeout: float) -> Snapshot | None:
-        """Wait for another worker's fetch: its snapshot, or None if it failed."""
-        return None
+    def fetch(self, slug, timeout, do_fetch):
+        return do_fetch()
 
     def poll_turn(self, slug: str) -> float:
-        """0 if this worker is the project's poller now, else seconds until it may be."""
         return 0.0
-
-    def release_poll(self, slug: str) -> None:
-        """This worker stops polling the project; let another take over at once."""
-
-    def close(self) -> None:
-        """Shutting down: give back what this worker holds."""
 
 
 REDIS_PREFIX = "public-status:"
@@ -990,159 +1143,64 @@ return 0
 """
 
 
-class RedisStore:
-    """The LocalStore's methods for a whole deployment, through Redis (REDIS_URL).
+def _redis_key(kind: str, slug: str) -> str:
+    return f"{REDIS_PREFIX}{kind}:{slug}"
 
-    Only statuses, versions, times and worker ids go to Redis, never a credential.
-    Each worker keeps a mirror (a LocalStore) that serves every read without a round
-    trip; one pub/sub subscription per worker keeps it current, and every commit is a
-    Lua script that bumps the version only on change and publishes it, in order. One
-    worker at a time polls a project: the one holding its lease (renewed while it
-    polls, given back when it stops). While Redis is unreachable the mirror carries on
-    alone, exactly as without REDIS_URL; when Redis answers again every mirror is
-    resynchronised and its streams get a full snapshot of the shared version.
-    """
 
-    def __init__(self, url: str, on_change: Callable[..., None], lease_ttl: float):
-        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1,
+class RedisLink:
+    """This worker's connection to Redis, its mode, and its one subscription (every
+    worker's commits, to `on_message`). Shared while Redis answers; alone from the first
+    Redis error (logged once) until it answers again: then `on_return`, and shared."""
+
+    def __init__(self, url: str, on_message: Callable[[dict], None], on_return: Callable[[], None]):
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1,
                                            health_check_interval=10)
-        self.local = LocalStore(on_change, clock=time.time)  # wall time: shared by machines
-        self.renew_every = lease_ttl / 3
-        self._lease_ms = max(1, int(lease_ttl * 1000))
-        self._me = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
-        self._commit = self._redis.register_script(COMMIT_SCRIPT)
-        self._lease = self._redis.register_script(LEASE_SCRIPT)
-        self._claim = self._redis.register_script(REFRESH_SCRIPT)
-        self._release = self._redis.register_script(RELEASE_SCRIPT)
-        self._held: set[str] = set()          # projects whose poll lease is ours
-        self._waiters: dict[str, gevent.event.AsyncResult] = {}
-        self._unsynced: set[str] = set()      # mirrored while Redis was away
-        self._closed = False
+        self.me = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
         self.shared = True
-        self._subscription = gevent.spawn(self._follow)
+        self._on_message = on_message
+        self._on_return = on_return
+        self._closed = False
+        self._follower = gevent.spawn(self._follow)
 
-    def __repr__(self) -> str:
-        return f"<RedisStore {'shared' if self.shared else 'local'} as {self._me}>"
-
-    @staticmethod
-    def _key(kind: str, slug: str) -> str:
-        return f"{REDIS_PREFIX}{kind}:{slug}"
-
-    def _shared(self, operation: Callable[[], Any], fallback: Callable[[], Any]) -> Any:
-        """Do it through Redis; if Redis fails, switch this worker to local mode."""
+    def run(self, operation: Callable[[], Any], alone: Callable[[], Any]) -> Any:
+        """`operation()` through Redis; `alone()` if Redis is away or fails now."""
         if self.shared:
             try:
                 return operation()
             except redis.RedisError as exc:
                 self._lose(exc)
-        return fallback()
+        return alone()
+
+    def close(self) -> None:
+        self._closed = True
+        self._follower.kill(block=False)
+        self.client.close()
 
     def _lose(self, exc: Exception) -> None:
         if self.shared:
             self.shared = False
-            self._held.clear()
             log.error("Redis unavailable (%s): this worker polls and serves on its own until "
                       "it is back", type(exc).__name__, extra={"event": "redis_unavailable"})
 
-    # ---- the seam
-
-    def get(self, slug: str) -> tuple[Snapshot | None, float]:
-        return self.local.get(slug)
-
-    def latest(self, slug: str) -> tuple[Snapshot | None, float]:
-        def shared():
-            self._load(slug)
-            return self.local.get(slug)
-        return self._shared(shared, lambda: self.local.get(slug))
-
-    def commit(self, slug: str, statuses: dict[str, str]) -> Snapshot:
-        def shared():
-            fetched_at = time.time()
-            digest = hashlib.sha1(json.dumps(statuses, sort_keys=True).encode()).hexdigest()
-            version, changed = self._commit(
-                keys=[self._key("snapshot", slug)],
-                args=[digest, json.dumps(statuses), repr(fetched_at), SNAPSHOT_KEY_TTL,
-                      CHANGES_CHANNEL, json.dumps(slug)])
-            self._adopt(slug, int(version), fetched_at, statuses if changed else None)
-            return self.local.get(slug)[0]
-        return self._shared(shared, lambda: self.local.commit(slug, statuses))
-
-    def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float:
-        def shared():
-            left_ms = self._claim(
-                keys=[self._key("refreshed", slug), self._key("fetching", slug)],
-                args=[self._me, int(min_interval * 1000), self._fetch_lock_ms(timeout)])
-            return left_ms / 1000
-        return self._shared(shared, lambda: self.local.claim_refresh(slug, min_interval, timeout))
-
-    def begin_fetch(self, slug: str, timeout: float) -> bool:
-        return self._shared(
-            lambda: self._lease(keys=[self._key("fetching", slug)],
-                                args=[self._me, self._fetch_lock_ms(timeout)]) == 0,
-            lambda: True)
-
-    @staticmethod
-    def _fetch_lock_ms(timeout: float) -> int:
-        return int((timeout + 1) * 1000)  # a worker that dies mid-fetch lets go by itself
-
-    def end_fetch(self, slug: str, failed: bool) -> None:
-        def shared():
-            self._release(keys=[self._key("fetching", slug)], args=[self._me])
-            if failed:
-                self._redis.publish(CHANGES_CHANNEL, json.dumps({"slug": slug, "failed": True}))
-        self._shared(shared, lambda: None)
-
-    def await_fetch(self, slug: str, timeout: float) -> Snapshot | None:
-        if not self.shared:
-            return None
-        waiter = self._waiters.setdefault(slug, gevent.event.AsyncResult())
-        if not self._shared(lambda: self._redis.exists(self._key("fetching", slug)), lambda: 0):
-            self._waiters.pop(slug, None)  # it ended before we began to wait
-            return self.latest(slug)[0]
-        return waiter.wait(timeout)
-
-    def poll_turn(self, slug: str) -> float:
-        def shared():
-            left_ms = self._lease(keys=[self._key("lease", slug)], args=[self._me, self._lease_ms])
-            if left_ms == 0:
-                self._held.add(slug)
-                return 0.0
-            self._held.discard(slug)
-            return max(left_ms, 20) / 1000
-        return self._shared(shared, lambda: 0.0)
-
-    def release_poll(self, slug: str) -> None:
-        if slug in self._held:
-            self._held.discard(slug)
-            self._shared(lambda: self._release(keys=[self._key("lease", slug)], args=[self._me]),
-                         lambda: None)
-
-    def close(self) -> None:
-        self._closed = True
-        for slug in list(self._held):
-            self.release_poll(slug)
-        self._subscription.kill(block=False)
-        self._redis.close()
-
-    # ---- keeping the mirror
-
     def _follow(self) -> None:
-        """This worker's one subscription; while Redis is away, wait for it to return."""
         while not self._closed:
             if not self.shared:
                 gevent.sleep(REDIS_RETRY_SECONDS)
                 try:
-                    self._redis.ping()
-                    self._rejoin()
+                    self.client.ping()
+                    self._on_return()
                 except redis.RedisError:
                     continue
+                self.shared = True
+                log.warning("Redis reachable again: pollers and snapshots are shared again",
+                            extra={"event": "redis_recovered"})
             try:
                 self._listen()
             except redis.RedisError as exc:
                 self._lose(exc)
 
     def _listen(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(CHANGES_CHANNEL)
             while self.shared and not self._closed:
@@ -1156,27 +1214,151 @@ class RedisStore:
         finally:
             pubsub.close()
 
+
+class RedisLeases:
+    """Who polls or fetches a project: poll leases, fetch locks and refresh claims, each
+    a key holding the owning worker's id `me`, taken and given back by Lua scripts."""
+
+    def __init__(self, client: redis.Redis, me: str, lease_ttl: float):
+        self._client = client
+        self._me = me
+        self._lease_ms = max(1, int(lease_ttl * 1000))
+        self._take = self._client.register_script(LEASE_SCRIPT)
+        self._claim = self._client.register_script(REFRESH_SCRIPT)
+        self._release = self._client.register_script(RELEASE_SCRIPT)
+        self._held: set[str] = set()          # projects whose poll lease is ours
+
+    def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float:
+        keys = [_redis_key("refreshed", slug), _redis_key("fetching", slug)]
+        return self._claim(keys=keys, args=[self._me, int(min_interval * 1000),
+                                            self._fetch_lock_ms(timeout)]) / 1000
+
+    def begin_fetch(self, slug: str, timeout: float) -> bool:
+        return self._take(keys=[_redis_key("fetching", slug)],
+                          args=[self._me, self._fetch_lock_ms(timeout)]) == 0
+
+    @staticmethod
+    def _fetch_lock_ms(timeout: float) -> int:
+        return int((timeout + 1) * 1000)  # a worker that dies mid-fetch lets go by itself
+
+    def end_fetch(self, slug: str, failed: bool) -> None:
+        self._release(keys=[_redis_key("fetching", slug)], args=[self._me])
+        if failed:  # those waiting for it hear at once
+            self._client.publish(CHANGES_CHANNEL, json.dumps({"slug": slug, "failed": True}))
+
+    def fetching(self, slug: str) -> bool:
+        return bool(self._client.exists(_redis_key("fetching", slug)))
+
+    def poll_turn(self, slug: str) -> float:
+        left_ms = self._take(keys=[_redis_key("lease", slug)], args=[self._me, self._lease_ms])
+        if left_ms == 0:
+            self._held.add(slug)
+            return 0.0
+        self._held.discard(slug)
+        return max(left_ms, 20) / 1000
+
+    def release_poll(self, slug: str) -> None:
+        if slug in self._held:
+            self._held.discard(slug)
+            self._release(keys=[_redis_key("lease", slug)], args=[self._me])
+
+    def release_all(self) -> None:
+        for slug in list(self._held):
+            self.release_poll(slug)
+
+
+class RedisStore(Store):
+    """The Store of a whole deployment, through Redis (REDIS_URL): only statuses,
+    versions, times and worker ids go there, never a credential.
+
+    Reads are served by this worker's mirror (a LocalStore), brought up to each version
+    the follower hears of; a commit is a Lua script that bumps the version only on
+    change and publishes it, in order; leases decide who polls and who fetches. While
+    Redis is away each operation takes its worker-alone way, the mirror carrying on as
+    without REDIS_URL; when Redis is back, the mirror takes the shared snapshots again.
+    """
+
+    def __init__(self, url: str, on_change: Callable[..., None], lease_ttl: float):
+        self._local = LocalStore(on_change, clock=time.time)  # wall time: shared by machines
+        self._waiters: dict[str, gevent.event.AsyncResult] = {}  # for another worker's fetch
+        self._unsynced: set[str] = set()      # mirrored while Redis was away
+        self._link = RedisLink(url, self._on_message, self._rejoin)
+        self._leases = RedisLeases(self._link.client, self._link.me, lease_ttl)
+        self._commit = self._link.client.register_script(COMMIT_SCRIPT)
+        self.renew_every = lease_ttl / 3
+
+    def __repr__(self) -> str:
+        return f"<RedisStore {'shared' if self.shared else 'alone'} as {self._link.me}>"
+
+    @property
+    def shared(self) -> bool:
+        return self._link.shared
+
+    def read(self, slug: str) -> tuple[Snapshot | None, float]:
+        return self._local.read(slug)
+
+    def sync(self, slug: str) -> None:
+        self._link.run(lambda: self._load(slug), lambda: None)
+
+    def commit(self, slug: str, statuses: dict[str, str]) -> Snapshot:
+        def shared():
+            fetched_at = time.time()
+            digest = hashlib.sha1(json.dumps(statuses, sort_keys=True).encode()).hexdigest()
+            version, changed = self._commit(
+                keys=[_redis_key("snapshot", slug)],
+                args=[digest, json.dumps(statuses), repr(fetched_at), SNAPSHOT_KEY_TTL,
+                      CHANGES_CHANNEL, json.dumps(slug)])
+            self._adopt(slug, int(version), fetched_at, statuses if changed else None)
+            return self._local.read(slug)[0]
+        return self._link.run(shared, lambda: self._local.commit(slug, statuses))
+
+    def fetch(self, slug, timeout, do_fetch):
+        if self._link.run(lambda: self._leases.begin_fetch(slug, timeout), lambda: True):
+            outcome = do_fetch()
+            failed = isinstance(outcome, UpstreamError)
+            self._link.run(lambda: self._leases.end_fetch(slug, failed), lambda: None)
+            return outcome
+        waiter = self._waiters.setdefault(slug, gevent.event.AsyncResult())
+        if not self._link.run(lambda: self._leases.fetching(slug), lambda: False):
+            self._waiters.pop(slug, None)  # it ended before we began to wait
+            self.sync(slug)
+            return self.read(slug)[0] or UpstreamError("remote", "no snapshot in Redis")
+        return waiter.wait(timeout + 1) or UpstreamError("remote", "another worker's fetch failed")
+
+    def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float:
+        return self._link.run(lambda: self._leases.claim_refresh(slug, min_interval, timeout),
+                              lambda: self._local.claim_refresh(slug, min_interval, timeout))
+
+    def poll_turn(self, slug: str) -> float:
+        return self._link.run(lambda: self._leases.poll_turn(slug), lambda: 0.0)
+
+    def release_poll(self, slug: str) -> None:
+        self._link.run(lambda: self._leases.release_poll(slug), lambda: None)
+
+    def close(self) -> None:
+        self._link.run(self._leases.release_all, lambda: None)
+        self._link.close()
+
+    # ---- keeping the mirror
+
     def _on_message(self, message: dict) -> None:
         slug = message["slug"]
         if not message.get("failed"):
             self._adopt(slug, message["version"], message["fetched_at"], message.get("statuses"))
         waiter = self._waiters.pop(slug, None)
         if waiter is not None:
-            waiter.set(None if message.get("failed") else self.local.get(slug)[0])
+            waiter.set(None if message.get("failed") else self._local.read(slug)[0])
 
     def _rejoin(self) -> None:
         """Redis is back: take the shared snapshots as they are there, whatever versions
         this worker counted on its own meanwhile."""
-        for slug in self.local.slugs():
+        for slug in self._local.slugs():
             if not self._load(slug, force=True):
                 self._unsynced.add(slug)  # the first shared commit will do it
-        self.shared = True
-        log.warning("Redis reachable again: pollers and snapshots are shared again",
-                    extra={"event": "redis_recovered"})
 
     def _load(self, slug: str, force: bool = False) -> bool:
         """Adopt the project's snapshot as Redis has it; False if Redis has none."""
-        stored = self._redis.hgetall(self._key("snapshot", slug))
+        stored = self._link.client.hgetall(_redis_key("snapshot", slug))
         if not stored:
             return False
         self._adopt(slug, int(stored[b"version"]), float(stored[b"fetched_at"]),
@@ -1186,27 +1368,24 @@ class RedisStore:
     def _adopt(self, slug: str, version: int, fetched_at: float,
                statuses: dict[str, str] | None, force: bool = False) -> None:
         """Bring the mirror up to a committed version; `statuses` None: unchanged."""
-        current, _ = self.local.get(slug)
+        current, _ = self._local.read(slug)
         force = force or slug in self._unsynced
-        if statuses is None:
-            if current is not None and current.version == version and not force:
-                self.local.touch(slug, fetched_at)
-            elif force or current is None or version > current.version:
-                self._load(slug, force)  # a change this worker missed
-            return
         if current is not None and not force and version <= current.version:
             if version == current.version:
-                self.local.touch(slug, fetched_at)
+                self._local.touch(slug, fetched_at)
+            return
+        if statuses is None:
+            self._load(slug, force)  # a change this worker missed
             return
         self._unsynced.discard(slug)
         in_step = current is not None and not force and version == current.version + 1
         updates = diff_statuses(current.statuses, statuses) if in_step else None
-        self.local.install(Snapshot.build(slug, version, statuses), fetched_at, updates,
-                           resync=force and current is not None)
+        self._local.install(Snapshot.build(slug, version, statuses), fetched_at, updates,
+                            resync=force and current is not None)
 
 
 def make_store(config: Config, on_change: Callable[..., None],
-               clock: Callable[[], float]) -> LocalStore | RedisStore:
+               clock: Callable[[], float] = time.monotonic) -> Store:
     if config.redis_url:
         return RedisStore(config.redis_url, on_change, config.poll_lease_ttl)
     return LocalStore(on_change, clock)
@@ -1216,7 +1395,6 @@ def make_store(config: Config, on_change: Callable[..., None],
 class _FetchState:
     """This worker's bookkeeping of one project's fetches."""
 
-    inflight: gevent.Greenlet | None = None
     failures: int = 0                 # failed fetches in a row
     retry_at: float = -math.inf       # after a failure, GETs wait for this before fetching
     poll_due_at: float = -math.inf    # when the poller fetches next
@@ -1227,40 +1405,28 @@ MAX_UNKNOWN_LOGGED = 100  # distinct unknown values logged per project
 
 
 class StatusService:
-    """Snapshot cache, single-flight fetching, rate-limited refresh and the pollers."""
+    """The cache's rules (one fetch at a time, stale on failure, rate-limited refresh)
+    and each project's poller; it commits into the store and never talks to streams."""
 
     def __init__(self, config: Config, directory: ProjectDirectory, client: UpstreamClient,
-                 metrics: Metrics, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time):
+                 store: Store, metrics: Metrics, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.directory = directory
         self.client = client
+        self.store = store
         self.metrics = metrics
         self.clock = clock
-        self.hub = Hub(self, config, metrics, wall_clock)
-        self.store = make_store(config, self.hub.deliver, clock)
-        self._states: dict[str, _FetchState] = {}
+        self._states: defaultdict[str, _FetchState] = defaultdict(_FetchState)
+        self._fetches = SingleFlight()
 
-    def _state(self, slug: str) -> _FetchState:
-        state = self._states.get(slug)
-        if state is None:
-            state = self._states[slug] = _FetchState()
-        return state
-
-    def snapshot(self, slug: str) -> Snapshot | None:
-        return self.store.get(slug)[0]
-
-    def fresh(self, slug: str) -> Snapshot | None:
-        """The snapshot if it is younger than STATUS_CACHE_TTL, else None."""
-        snapshot, age = self.store.get(slug)
-        return snapshot if age < self.config.status_cache_ttl else None
-
-    def current(self, project: Project) -> Snapshot:
-        """The snapshot a GET serves: fresh from cache, fetched, or stale on failure."""
-        snapshot = self.fresh(project.slug)
-        if snapshot is None:  # perhaps another worker fetched it meanwhile
-            snapshot, age = self.store.latest(project.slug)
-            if age >= self.config.status_cache_ttl:
+    def status(self, project: Project) -> Snapshot:
+        """What a GET serves: the snapshot if fresh, else a fetch, else the stale one."""
+        ttl = self.config.status_cache_ttl
+        snapshot, age = self.store.read(project.slug)
+        if age >= ttl:
+            self.store.sync(project.slug)  # perhaps another worker fetched it meanwhile
+            snapshot, age = self.store.read(project.slug)
+            if age >= ttl:
                 return self._fetch_or_stale(project, snapshot)
         self.metrics.cache_hits.inc()
         return snapshot
@@ -1269,29 +1435,31 @@ class StatusService:
         """A miss: fetch, unless a failure moments ago says not yet; on failure the stale
         snapshot, or NoSnapshot when there is none."""
         now = self.clock()
-        state = self._state(project.slug)
-        if state.inflight is None and now < state.retry_at:
+        state = self._states[project.slug]
+        if project.slug not in self._fetches and now < state.retry_at:
             return self._stale(snapshot, state)
         try:
-            fetched = self._fetch_shared(project)
+            fetched = self._fetch_once(project)
         except UpstreamError:
             return self._stale(snapshot, state)
         self.metrics.cache.labels("miss").inc()
         return fetched
 
     def refresh(self, project: Project) -> Snapshot:
-        """Fetch now, bypassing the cache; joins a fetch already in flight."""
-        state = self._state(project.slug)
-        if state.inflight is None:
+        """Fetch now, bypassing the cache. A refresh that arrives while a fetch of the
+        project is under way (a poll, a miss, another refresh) joins it: that costs the
+        client API nothing, so it is not counted against REFRESH_MIN_INTERVAL."""
+        state = self._states[project.slug]
+        if project.slug not in self._fetches:
             wait = self.store.claim_refresh(project.slug, self.config.refresh_min_interval,
                                             project.timeout)
             if wait > 0:
                 self.metrics.refresh_limited.inc()
                 raise RefreshLimited(wait)
         try:
-            return self._fetch_shared(project)
+            return self._fetch_once(project)
         except UpstreamError:
-            return self._stale(self.snapshot(project.slug), state)
+            return self._stale(self.store.read(project.slug)[0], state)
 
     def _stale(self, snapshot: Snapshot | None, state: _FetchState) -> Snapshot:
         if snapshot is None:
@@ -1299,29 +1467,15 @@ class StatusService:
         self.metrics.cache.labels("stale").inc()
         return snapshot
 
-    def _fetch_shared(self, project: Project) -> Snapshot:
-        """One fetch per project at a time, in the deployment (the store's fetch lock)
-        and in this worker (one greenlet): everyone who asks meanwhile shares it."""
-        state = self._state(project.slug)
-        if state.inflight is None:
-            state.inflight = gevent.spawn(self._fetch, project, state)
-        outcome = state.inflight.get()
+    def _fetch_once(self, project: Project) -> Snapshot:
+        """One fetch per project at a time, in this worker and (the store's `fetch`) in
+        the deployment: everyone who asks meanwhile joins it."""
+        state = self._states[project.slug]
+        outcome = self._fetches.join(project.slug, lambda: self.store.fetch(
+            project.slug, project.timeout, lambda: self._fetch_here(project, state)))
         if isinstance(outcome, UpstreamError):
             raise outcome
         return outcome
-
-    def _fetch(self, project: Project, state: _FetchState) -> Snapshot | UpstreamError:
-        """Runs in its own greenlet, so a waiter that goes away cannot cancel it. Returns
-        the error rather than raising it: gevent would print an uncaught one."""
-        try:
-            if not self.store.begin_fetch(project.slug, project.timeout):
-                snapshot = self.store.await_fetch(project.slug, project.timeout + 1)
-                return snapshot or UpstreamError("remote", "another worker's fetch failed")
-            outcome = self._fetch_here(project, state)
-            self.store.end_fetch(project.slug, failed=isinstance(outcome, UpstreamError))
-            return outcome
-        finally:
-            state.inflight = None
 
     def _fetch_here(self, project: Project, state: _FetchState) -> Snapshot | UpstreamError:
         started = self.clock()
@@ -1362,7 +1516,8 @@ class StatusService:
         state.poll_due_at = now + delay
         state.retry_at = now + min(delay, self.config.status_cache_ttl)
         if state.failures == 1:
-            fallback = "the last good snapshot" if self.snapshot(project.slug) else "503 (no snapshot yet)"
+            fallback = ("the last good snapshot" if self.store.read(project.slug)[0]
+                        else "503 (no snapshot yet)")
             log.warning("project %s: client API fetch failed (%s); serving %s",
                         project.slug, error, fallback,
                         extra={"project": project.slug, "event": "upstream_failed",
@@ -1379,9 +1534,10 @@ class StatusService:
             log.warning("project %s: unknown status value %r shown as hidden", slug, value[:100],
                         extra={"project": slug, "event": "unknown_status"})
 
-    def poll_forever(self, slug: str) -> None:
-        """The poller of one project: runs while the project has subscribers here, and
-        fetches while this worker holds the project's poll lease (always, without Redis)."""
+    def poll(self, slug: str) -> None:
+        """The poller of one project: fetches at its interval while this worker holds the
+        project's poll lease (always, without Redis); returns when the project is gone.
+        The fanout runs it while the project has subscribers, and kills it after."""
         try:
             while True:
                 try:
@@ -1391,19 +1547,18 @@ class StatusService:
                     continue
                 if project is None:
                     log.info("project %s is gone; closing its streams", slug, extra={"project": slug})
-                    self.hub.close_channel(slug)
                     return
                 turn = self.store.poll_turn(slug)
                 if turn > 0:  # another worker polls it; ask again when its lease may lapse
                     gevent.sleep(turn)
                     continue
-                age = self.store.get(slug)[1]
-                wait = max(self._state(slug).poll_due_at - self.clock(), project.poll_interval - age)
+                age = self.store.read(slug)[1]
+                wait = max(self._states[slug].poll_due_at - self.clock(), project.poll_interval - age)
                 if wait > 0:
                     gevent.sleep(min(wait, self.store.renew_every))
                     continue
                 try:
-                    self._fetch_shared(project)
+                    self._fetch_once(project)
                 except UpstreamError:
                     pass  # logged by _fetch; poll_due_at now holds the backoff
         finally:
@@ -1412,74 +1567,65 @@ class StatusService:
 
 # --------------------------------------------------------------------------- SSE
 
-@dataclass(frozen=True)
-class SSEMessage:
-    """One Server-Sent Events message, as a value. `encode()` gives the wire bytes."""
+# What the fanout hands a stream, one case each. A stream writes them in order and
+# keeps the version it last sent, so each case knows what to write.
 
-    data: str | None = None
-    event: str | None = None
-    id: int | str | None = None
-    retry: int | None = None
-
-    def encode(self) -> bytes:
-        lines = []
-        if self.id is not None:
-            lines.append(f"id: {_one_line(str(self.id))}")
-        if self.event is not None:
-            lines.append(f"event: {_one_line(self.event)}")
-        if self.retry is not None:
-            lines.append(f"retry: {int(self.retry)}")
-        if self.data is not None:
-            lines.extend(f"data: {line}" for line in _SSE_LINE_BREAK.split(self.data))
-        return ("\n".join(lines) + "\n\n").encode()
+@dataclass(frozen=True, slots=True)
+class Ping:
+    message: bytes          # a keep-alive, the same bytes for every stream of the worker
 
 
-_SSE_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+@dataclass(frozen=True, slots=True)
+class Delta:
+    snapshot: Snapshot      # the step from the version before to this one:
+    message: bytes          # its bulk_update (b"" if nothing visible changed)
 
 
-def _one_line(value: str) -> str:
-    """A field value may not break the line, and an id holding NUL is ignored by clients."""
-    return _SSE_LINE_BREAK.sub(" ", value).replace("\0", "")
+@dataclass(frozen=True, slots=True)
+class Full:
+    snapshot: Snapshot      # no step from the version before: sent whole, if newer
 
 
-RESYNC = -1  # a delivery's version meaning: send the full snapshot, whatever was sent
+@dataclass(frozen=True, slots=True)
+class Resync:
+    snapshot: Snapshot      # the line of versions was replaced: sent whole, whatever held
 
 
-class Subscriber:
-    """One open stream in this worker: a bounded mailbox of (version, bytes) deliveries.
+Delivery = Ping | Delta | Full | Resync
 
-    A delivery with version None is a ping; with bytes None it asks for the full
-    snapshot; with b"" it only moves the version on (nothing visible changed); with
-    version RESYNC it replaces whatever the stream sent before (the versions of a
-    shared store may restart when Redis comes back).
-    The mailbox is a list and an Event, not a gevent Queue: a tenth of the memory, and
-    the stream takes everything that arrived at once, in one write.
-    """
 
-    __slots__ = ("_hub", "_pending", "_ready", "_socket", "_watcher", "closed", "slug")
+class Stream:
+    """One open stream: a bounded mailbox the fanout fills (a list and an Event: a tenth
+    of a gevent Queue's memory, emptied in one write), and the response body: `connected`,
+    the full snapshot, then changes and pings. The WSGI server gets it as it is
+    (`direct_passthrough`) and calls `close()` at the end, or Werkzeug does for a HEAD."""
 
-    def __init__(self, hub: Hub, slug: str, sock: socket.socket | None):
+    __slots__ = ("_fanout", "_pending", "_read", "_ready", "_retry_ms", "_socket", "_watcher",
+                 "closed", "slug")
+
+    def __init__(self, fanout: Fanout, slug: str, sock: socket.socket | None,
+                 read: Callable[[str], tuple[Snapshot | None, float]], retry_ms: int):
         self.slug = slug
         self.closed = False
-        self._hub = hub
-        self._pending: list[tuple] = []
+        self._fanout = fanout
+        self._pending: list[Delivery] = []
         self._ready = gevent.event.Event()
         self._socket = sock
         self._watcher = None
+        self._read = read
+        self._retry_ms = retry_ms
 
-    def offer(self, delivery: tuple) -> None:
+    def offer(self, delivery: Delivery) -> bool:
+        """Queue a delivery; False if the mailbox is full (the reader fell behind)."""
         if self.closed:
-            return
-        if len(self._pending) >= SUBSCRIBER_QUEUE_SIZE:
-            log.info("project %s: dropping a stream that fell %d messages behind",
-                     self.slug, SUBSCRIBER_QUEUE_SIZE, extra={"project": self.slug})
-            self._hub.metrics.streams_dropped.inc()
-            self.abort()
-            return
+            return True
+        if len(self._pending) >= STREAM_QUEUE_SIZE:
+            return False
         self._pending.append(delivery)
         self._ready.set()
+        return True
 
-    def take(self) -> list[tuple] | None:
+    def _take(self) -> list[Delivery] | None:
         """Every delivery not yet taken, waiting for one; None once the stream must end."""
         while not self._pending and not self.closed:
             self._ready.clear()
@@ -1489,13 +1635,37 @@ class Subscriber:
         taken, self._pending = self._pending, []
         return taken
 
-    def watch_disconnect(self) -> None:
-        """Close as soon as the client hangs up, rather than at the next failed write.
+    def __iter__(self) -> Iterator[bytes]:
+        yield SSEMessage(event="connected", data=json.dumps({"project": self.slug}),
+                         retry=self._retry_ms).encode()
+        self._watch_disconnect()
+        sent = 0
+        snapshot = self._read(self.slug)[0]
+        if snapshot is not None:
+            yield snapshot.event
+            sent = snapshot.version
+        while (deliveries := self._take()) is not None:
+            chunks = []
+            for delivery in deliveries:
+                match delivery:
+                    case Ping(message):
+                        chunks.append(message)
+                    case Delta(snapshot, message) if snapshot.version == sent + 1:
+                        chunks.append(message)
+                        sent = snapshot.version
+                    case Resync(snapshot):
+                        chunks.append(snapshot.event)
+                        sent = snapshot.version
+                    case Delta(snapshot) | Full(snapshot) if snapshot.version > sent:
+                        chunks.append(snapshot.event)
+                        sent = snapshot.version
+            if any(chunks):
+                yield b"".join(chunks)
 
-        An I/O watcher in the hub, not a greenlet: when the socket turns readable with
-        nothing to read, the peer has closed (an SSE client sends nothing after its
-        request). If it does send bytes, stop watching: writes will tell.
-        """
+    def _watch_disconnect(self) -> None:
+        """End as soon as the client hangs up, not at the next failed write: an I/O
+        watcher, not a greenlet. Readable with nothing to read means the peer closed (an
+        SSE client sends nothing after its request); if it sends bytes, writes will tell."""
         if self._socket is None or self.closed:
             return
         self._watcher = gevent.get_hub().loop.io(self._socket.fileno(), 1)
@@ -1504,7 +1674,7 @@ class Subscriber:
     def _on_readable(self) -> None:
         pending = struct.unpack("i", fcntl.ioctl(self._socket.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
         if pending == 0:
-            self.close()
+            self.end()
         else:
             self._stop_watching()
 
@@ -1514,34 +1684,24 @@ class Subscriber:
             self._watcher.close()
             self._watcher = None
 
-    def close(self) -> None:
-        """End the stream: unsubscribe now and wake its greenlet. Idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        self._stop_watching()
-        self._hub.remove(self)
-        self._ready.set()
-
-    def abort(self) -> None:
-        """Close, and shut the socket down so a write stuck on a reader that never reads
-        fails now."""
-        self.close()
-        self._hang_up()
-
-    def finish(self) -> None:
-        """The response is over. While the worker shuts down, also hang up, so the
-        client reconnects to another worker instead of reusing this connection."""
-        self.close()
-        if self._hub.shutting_down:
-            self._hang_up()
-
-    def _hang_up(self) -> None:
-        if self._socket is not None:
+    def end(self, hang_up: bool = False) -> None:
+        """Unsubscribe now and wake the body, which ends. `hang_up` also shuts the socket
+        down, so that a write stuck on a reader that never reads fails now, or a client
+        reconnects elsewhere rather than reuse this connection. Idempotent."""
+        if not self.closed:
+            self.closed = True
+            self._stop_watching()
+            self._fanout.remove(self)
+            self._ready.set()
+        if hang_up and self._socket is not None:
             try:
                 self._socket.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already gone
+
+    def close(self) -> None:
+        """The response is over; while the worker shuts down, hang up too."""
+        self.end(hang_up=self._fanout.closing)
 
 
 @dataclass(eq=False)
@@ -1550,19 +1710,20 @@ class _Channel:
     poller: gevent.Greenlet | None = None
 
 
-class Hub:
-    """This worker's subscribers by project, their pollers, and the ping clock."""
+class Fanout:
+    """This worker's streams by project, a poller per watched project (`poll(slug)`, which
+    returns when the project is gone, ending its streams), and the ping clock."""
 
-    def __init__(self, service: StatusService, config: Config, metrics: Metrics,
-                 wall_clock: Callable[[], float]):
-        self._service = service
+    def __init__(self, config: Config, metrics: Metrics, poll: Callable[[str], None],
+                 wall_clock: Callable[[], float] = time.time):
         self._config = config
-        self.metrics = metrics
+        self._metrics = metrics
+        self._poll = poll
         self._wall_clock = wall_clock
         self._channels: dict[str, _Channel] = {}
         self._pinger: gevent.Greenlet | None = None
         self.stream_count = 0
-        self.shutting_down = False
+        self.closing = False
 
     @property
     def watched_projects(self) -> int:
@@ -1572,118 +1733,88 @@ class Hub:
     def poller_count(self) -> int:
         return sum(1 for c in self._channels.values() if c.poller is not None and not c.poller.dead)
 
-    def subscribe(self, slug: str, sock: socket.socket | None = None) -> Subscriber:
-        if self.stream_count >= self._config.max_streams:
+    def subscribe(self, stream: Stream) -> None:
+        """Add a stream to its project's channel; StreamsFull at MAX_STREAMS, or while
+        shutting down."""
+        if self.closing or self.stream_count >= self._config.max_streams:
+            if not self.closing:
+                self._metrics.streams_rejected.inc()
             raise StreamsFull()
-        subscriber = Subscriber(self, slug, sock)
+        slug = stream.slug
         channel = self._channels.get(slug)
         if channel is None:
             channel = self._channels[slug] = _Channel()
-        channel.subscribers.add(subscriber)
+        channel.subscribers.add(stream)
         self.stream_count += 1
         if channel.poller is None or channel.poller.dead:
-            channel.poller = gevent.spawn(self._service.poll_forever, slug)
+            channel.poller = gevent.spawn(self._run_poller, slug)
         if self._pinger is None or self._pinger.dead:
             self._pinger = gevent.spawn(self._ping_forever)
-        return subscriber
 
-    def remove(self, subscriber: Subscriber) -> None:
-        """Forget a subscriber; the project's poller stops with its last one."""
-        channel = self._channels.get(subscriber.slug)
-        if channel is None or subscriber not in channel.subscribers:
+    def remove(self, stream: Stream) -> None:
+        """Forget a stream; the project's poller stops with its last one."""
+        channel = self._channels.get(stream.slug)
+        if channel is None or stream not in channel.subscribers:
             return
-        channel.subscribers.discard(subscriber)
+        channel.subscribers.discard(stream)
         self.stream_count -= 1
         if not channel.subscribers:
-            del self._channels[subscriber.slug]
+            del self._channels[stream.slug]
             if channel.poller is not None:
                 channel.poller.kill(block=False)
 
-    def deliver(self, snapshot: Snapshot, updates: dict[str, str] | None,
+    def publish(self, snapshot: Snapshot, updates: dict[str, str] | None,
                 resync: bool = False) -> None:
         """Fan a new snapshot version out to the project's subscribers, encoded once."""
         channel = self._channels.get(snapshot.slug)
         if channel is None:
             return
         if resync:
-            delivery = (RESYNC, None)
+            delivery: Delivery = Resync(snapshot)
         elif updates is None:
-            delivery = (snapshot.version, None)
-        elif updates:
-            delivery = (snapshot.version, SSEMessage(
-                event="bulk_update", data=json.dumps({"updates": updates}), id=snapshot.version).encode())
+            delivery = Full(snapshot)
         else:
-            delivery = (snapshot.version, b"")
-        for subscriber in tuple(channel.subscribers):
-            subscriber.offer(delivery)
+            message = SSEMessage(event="bulk_update", data=json.dumps({"updates": updates}),
+                                 id=snapshot.version).encode() if updates else b""
+            delivery = Delta(snapshot, message)
+        self._offer(channel, delivery)
 
-    def close_channel(self, slug: str) -> None:
+    def _offer(self, channel: _Channel, delivery: Delivery) -> None:
+        for stream in tuple(channel.subscribers):
+            if not stream.offer(delivery):
+                log.info("project %s: dropping a stream that fell %d messages behind",
+                         stream.slug, STREAM_QUEUE_SIZE, extra={"project": stream.slug})
+                self._metrics.streams_dropped.inc()
+                stream.end(hang_up=True)
+
+    def close_project(self, slug: str) -> None:
         channel = self._channels.get(slug)
-        for subscriber in tuple(channel.subscribers if channel else ()):
-            subscriber.close()
+        for stream in tuple(channel.subscribers if channel else ()):
+            stream.end()
+
+    def _run_poller(self, slug: str) -> None:
+        self._poll(slug)
+        self.close_project(slug)  # the project is gone
 
     def _ping_forever(self) -> None:
         while self._channels:
             gevent.sleep(self._config.sse_ping_interval)
-            ping = (None, SSEMessage(event="ping", data=json.dumps({"time": int(self._wall_clock())})).encode())
+            ping = Ping(SSEMessage(event="ping", data=json.dumps({"time": int(self._wall_clock())})).encode())
             for channel in tuple(self._channels.values()):
-                for subscriber in tuple(channel.subscribers):
-                    subscriber.offer(ping)
+                self._offer(channel, ping)
 
-    def shutdown(self) -> None:
-        """End every stream (their clients reconnect elsewhere) and stop the pollers."""
-        self.shutting_down = True
+    def close(self) -> None:
+        """Shutting down: end every stream (their clients reconnect elsewhere); their
+        pollers stop with them."""
+        self.closing = True
         for slug in tuple(self._channels):
-            self.close_channel(slug)
+            self.close_project(slug)
         if self._pinger is not None:
             self._pinger.kill(block=False)
 
 
-class EventStream:
-    """The body of one stream: `connected`, the full snapshot, then changes and pings.
-
-    An iterable with `close()`, handed to the WSGI server as it is (Werkzeug's
-    `direct_passthrough`): the server calls `close()` when the response ends or the
-    client is gone, and Werkzeug does for a HEAD request that never iterates.
-    """
-
-    def __init__(self, service: StatusService, subscriber: Subscriber, retry_ms: int):
-        self._service = service
-        self._subscriber = subscriber
-        self._retry_ms = retry_ms
-
-    def __iter__(self) -> Iterator[bytes]:
-        slug = self._subscriber.slug
-        yield SSEMessage(event="connected", data=json.dumps({"project": slug}),
-                         retry=self._retry_ms).encode()
-        self._subscriber.watch_disconnect()
-        sent = 0
-        snapshot = self._service.snapshot(slug)
-        if snapshot is not None:
-            yield snapshot.event
-            sent = snapshot.version
-        while (deliveries := self._subscriber.take()) is not None:
-            chunks = []
-            for version, payload in deliveries:
-                if version is None:
-                    chunks.append(payload)
-                elif version == sent + 1 and payload is not None:
-                    chunks.append(payload)
-                    sent = version
-                elif version > sent or version == RESYNC:
-                    snapshot = self._service.snapshot(slug)
-                    chunks.append(snapshot.event)
-                    sent = snapshot.version
-            if any(chunks):
-                yield b"".join(chunks)
-
-    def close(self) -> None:
-        self._subscriber.finish()
-
-
 def come_back_later(retry_ms: int) -> Response:
-    """A stream answer that ends at once and makes EventSource reconnect, with jitter so
-    that clients sent away together do not all come back together."""
+    """A stream answer that ends at once and makes EventSource reconnect, jittered."""
     retry = int(retry_ms * (1 + random.random()))
     response = Response(SSEMessage(retry=retry).encode(), 200, content_type="text/event-stream")
     response.headers["Connection"] = "close"  # and free the connection for someone else
@@ -1695,8 +1826,17 @@ def come_back_later(retry_ms: int) -> Response:
 routes = Blueprint("public_status", __name__)
 
 
-def _app() -> PublicStatus:
+def _public() -> PublicStatus:
     return current_app.extensions["public_status"]
+
+
+@routes.after_app_request
+def public_headers(response: Response) -> Response:
+    """Every answer is public and live: any origin may read it (the board may be served
+    from elsewhere), and no cache may keep it, error answers included."""
+    for name, value in _public().public_headers:
+        response.headers.setdefault(name, value)
+    return response
 
 
 def json_error(status: int, message: str, retry_after: float | None = None) -> Response:
@@ -1706,15 +1846,29 @@ def json_error(status: int, message: str, retry_after: float | None = None) -> R
     return response
 
 
-def _lookup(slug: str) -> Project | Response:
-    """The project, or the error response the public sees instead."""
+def _find_project(slug: str) -> Project:
+    """The project; ProjectNotFound for a malformed slug (the database is not asked) or
+    an unknown one, DatabaseUnavailable when it cannot be told."""
     if not SLUG_PATTERN.fullmatch(slug):
-        return json_error(404, "project not found")
-    try:
-        project = _app().directory.get(slug)
-    except DatabaseUnavailable:
-        return json_error(503, "service temporarily unavailable", DB_RETRY_AFTER)
-    return project if project is not None else json_error(404, "project not found")
+        raise ProjectNotFound(slug)
+    project = _public().directory.get(slug)
+    if project is None:
+        raise ProjectNotFound(slug)
+    return project
+
+
+# What the public sees of the service's own errors that reach a view.
+PUBLIC_ERRORS: Mapping[type, tuple[int, str]] = {
+    ProjectNotFound: (404, "project not found"),
+    DatabaseUnavailable: (503, "service temporarily unavailable"),
+    NoSnapshot: (503, "statuses not available yet"),
+    RefreshLimited: (429, "refreshed too recently"),
+}
+
+
+@routes.errorhandler(PublicStatusError)
+def public_error(exc: PublicStatusError):
+    return json_error(*PUBLIC_ERRORS[type(exc)], exc.retry_after)
 
 
 def _snapshot_response(snapshot: Snapshot) -> Response:
@@ -1723,49 +1877,26 @@ def _snapshot_response(snapshot: Snapshot) -> Response:
 
 @routes.get("/api/public/<slug>/status")
 def get_status(slug: str):
-    project = _lookup(slug)
-    if isinstance(project, Response):
-        return project
-    try:
-        return _snapshot_response(_app().service.current(project))
-    except NoSnapshot as exc:
-        return json_error(503, "statuses not available yet", exc.retry_after)
+    return _snapshot_response(_public().service.status(_find_project(slug)))
 
 
 @routes.post("/api/public/<slug>/status/refresh")
 def refresh_status(slug: str):
-    project = _lookup(slug)
-    if isinstance(project, Response):
-        return project
-    try:
-        return _snapshot_response(_app().service.refresh(project))
-    except RefreshLimited as exc:
-        return json_error(429, "refreshed too recently", exc.retry_after)
-    except NoSnapshot as exc:
-        return json_error(503, "statuses not available yet", exc.retry_after)
+    return _snapshot_response(_public().service.refresh(_find_project(slug)))
 
 
 @routes.get("/api/public/<slug>/status/stream")
 def stream_status(slug: str):
-    public = _app()
+    public = _public()
     retry_ms = public.config.sse_retry_ms
-    if not SLUG_PATTERN.fullmatch(slug):
-        return json_error(404, "project not found")
-    if public.service.hub.shutting_down:
-        return come_back_later(retry_ms)
     try:
-        project = public.directory.get(slug)
-    except DatabaseUnavailable:
+        project = _find_project(slug)
+        stream = Stream(public.fanout, project.slug, _client_socket(request.environ),
+                        public.store.read, retry_ms)
+        public.fanout.subscribe(stream)
+    except (DatabaseUnavailable, StreamsFull):
         return come_back_later(retry_ms)
-    if project is None:
-        return json_error(404, "project not found")
-    try:
-        subscriber = public.service.hub.subscribe(slug, _client_socket(request.environ))
-    except StreamsFull:
-        public.metrics.streams_rejected.inc()
-        return come_back_later(retry_ms)
-    response = Response(EventStream(public.service, subscriber, retry_ms), 200,
-                        content_type="text/event-stream", direct_passthrough=True)
+    response = Response(stream, 200, content_type="text/event-stream", direct_passthrough=True)
     # The SPEC's keep-alive; an HTTP/1.0 body ends when the connection does.
     http_1_0 = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.0"
     response.headers["Connection"] = "close" if http_1_0 else "keep-alive"
@@ -1791,7 +1922,7 @@ def _client_socket(environ: Mapping[str, Any]) -> socket.socket | None:
 @routes.get("/")
 def board():
     """The live status board (board.html): static, so browsers may keep it, revalidating."""
-    response = Response(_app().board_page, 200, content_type="text/html; charset=utf-8")
+    response = Response(_public().board_page, 200, content_type="text/html; charset=utf-8")
     response.headers["Cache-Control"] = "no-cache"
     return response
 
@@ -1804,7 +1935,7 @@ def healthz():
 @routes.get("/readyz")
 def readyz():
     try:
-        _app().db.fetch_one("SELECT 1")
+        _public().db.fetch_one("SELECT 1")
     except DatabaseUnavailable:
         return json_error(503, "database unavailable")
     return Response(json.dumps({"status": "ready"}), 200, content_type="application/json")
@@ -1812,7 +1943,7 @@ def readyz():
 
 @routes.get("/metrics")
 def metrics():
-    return Response(generate_latest(_app().metrics.registry), 200, content_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_public().metrics.registry), 200, content_type=CONTENT_TYPE_LATEST)
 
 
 @routes.app_errorhandler(HTTPException)
@@ -1831,44 +1962,30 @@ def unexpected_error(exc: Exception):
     return json_error(500, "internal error")
 
 
-@routes.after_app_request
-def public_headers(response: Response) -> Response:
-    """Every answer is public and live: any origin may read it (the board may be served
-    from elsewhere), and no cache may keep it, error answers included."""
-    response.headers["Access-Control-Allow-Origin"] = _app().config.cors_allow_origin
-    response.headers["Access-Control-Expose-Headers"] = "Retry-After"
-    if "Cache-Control" not in response.headers:
-        response.headers["Cache-Control"] = "no-store"
-    return response
-
-
 class WarmStatusFastPath:
-    """WSGI middleware: a GET of a warm project's status, answered from its pre-encoded
-    body without Flask (no request object, no routing, no hooks).
-
-    Warm means the project's row and its snapshot are both fresh in this worker's
-    cache; anything else, or any other request, goes on to Flask, which gives the same
-    answer the long way. The headers are those Flask's path produces, in its order.
-    """
+    """WSGI middleware: a GET of a warm project's status (its row and its snapshot both
+    fresh here) answered from the pre-encoded body without Flask. Anything else goes on
+    to Flask, which gives the same answer the long way, headers in the same order."""
 
     PREFIX, SUFFIX = "/api/public/", "/status"
 
     def __init__(self, wsgi_app, public: PublicStatus):
         self._wsgi_app = wsgi_app
-        self._public = public
-        self._headers = [("Access-Control-Allow-Origin", public.config.cors_allow_origin),
-                         ("Access-Control-Expose-Headers", "Retry-After"),
-                         ("Cache-Control", "no-store")]
+        self._directory = public.directory
+        self._store = public.store
+        self._ttl = public.config.status_cache_ttl
+        self._cache_hits = public.metrics.cache_hits
+        self._headers = list(public.public_headers)
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         if (environ["REQUEST_METHOD"] == "GET" and path.startswith(self.PREFIX)
                 and path.endswith(self.SUFFIX)):
             slug = path[len(self.PREFIX):-len(self.SUFFIX)]
-            if self._public.directory.cached(slug) is not None:
-                snapshot = self._public.service.fresh(slug)
-                if snapshot is not None:
-                    self._public.metrics.cache_hits.inc()
+            if self._directory.cached(slug) is not None:
+                snapshot, age = self._store.read(slug)
+                if age < self._ttl:
+                    self._cache_hits.inc()
                     start_response("200 OK", [("Content-Type", "application/json"),
                                               ("Content-Length", str(len(snapshot.body))),
                                               *self._headers])
@@ -1877,14 +1994,9 @@ class WarmStatusFastPath:
 
 
 class ConnectionTracker:
-    """WSGI middleware remembering (weakly) every client connection this worker serves,
-    so that shutdown can end the idle ones at once.
-
-    gevent's pywsgi (the Procfile's worker) never times out an idle keep-alive
-    connection, and a stopping worker waits for every connection to close: one idle
-    browser would hold it until gunicorn's graceful timeout. Shutting down the read side
-    ends an idle connection at once and lets a busy one finish its response first.
-    """
+    """WSGI middleware remembering (weakly) every client connection: at shutdown, shutting
+    their read side ends the idle ones (pywsgi never times them out, and a stopping worker
+    waits for all) and lets a busy one finish its response first."""
 
     def __init__(self, wsgi_app):
         self._wsgi_app = wsgi_app
@@ -1906,130 +2018,6 @@ class ConnectionTracker:
 
 # --------------------------------------------------------------------------- app factory
 
-class Metrics:
-    """Per-worker Prometheus metrics. Label values come from fixed sets only."""
-
-    UPSTREAM_OUTCOMES = ("ok", "http_error", "timeout", "connection", "tls", "too_large",
-                         "bad_body", "config", "error")
-
-    def __init__(self):
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.open_streams = Gauge("public_status_open_streams", "Open SSE streams", registry=r)
-        self.watched_projects = Gauge("public_status_watched_projects",
-                                      "Projects with at least one open stream", registry=r)
-        self.pollers = Gauge("public_status_pollers", "Poller greenlets running", registry=r)
-        self.upstream_requests = Counter("public_status_upstream_requests",
-                                         "Client API fetches by outcome", ["outcome"], registry=r)
-        self.upstream_seconds = Histogram("public_status_upstream_seconds",
-                                          "Client API fetch duration", registry=r)
-        self.cache = Counter("public_status_cache", "Status reads by cache result", ["result"],
-                             registry=r)
-        self.refresh_limited = Counter("public_status_refresh_limited",
-                                       "Forced refreshes answered 429", registry=r)
-        self.db_errors = Counter("public_status_db_errors", "Failed database queries", registry=r)
-        self.streams_rejected = Counter("public_status_streams_rejected",
-                                        "Streams sent away because MAX_STREAMS was reached",
-                                        registry=r)
-        self.streams_dropped = Counter("public_status_streams_dropped",
-                                       "Streams closed for falling too far behind", registry=r)
-        self.redis_shared = Gauge("public_status_redis_shared",
-                                  "1 while snapshots and pollers are shared through Redis",
-                                  registry=r)
-        for outcome in self.UPSTREAM_OUTCOMES:
-            self.upstream_requests.labels(outcome)
-        for result in ("hit", "miss", "stale"):
-            self.cache.labels(result)
-        self.cache_hits = self.cache.labels("hit")  # the hot path's child, looked up once
-
-    def watch(self, service: StatusService) -> None:
-        hub, store = service.hub, service.store
-        self.open_streams.set_function(lambda: hub.stream_count)
-        self.watched_projects.set_function(lambda: hub.watched_projects)
-        self.pollers.set_function(lambda: hub.poller_count)
-        self.redis_shared.set_function(lambda: int(getattr(store, "shared", False)))
-
-
-class SecretRedactor(logging.Filter):
-    """Replaces every known credential in a log record with `***`, whoever logged it.
-
-    Attached to the handlers, so it sees records of every library, tracebacks included.
-    """
-
-    MIN_LENGTH = 3  # shorter strings are no secret, and replacing them garbles every line
-
-    def __init__(self):
-        super().__init__()
-        self._secrets: set[str] = set()
-        self._pattern: re.Pattern | None = None
-        self._lock = threading.Lock()
-
-    def add(self, secrets) -> None:
-        fresh = {s for s in secrets if s and len(s) >= self.MIN_LENGTH} - self._secrets
-        if fresh:
-            with self._lock:
-                self._secrets |= fresh
-                ordered = sorted(self._secrets, key=len, reverse=True)
-                self._pattern = re.compile("|".join(map(re.escape, ordered)))
-
-    def redact(self, text: str) -> str:
-        return self._pattern.sub("***", text) if self._pattern else text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self._pattern is None:
-            return True
-        message = record.getMessage()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        record.msg, record.args = self.redact(message), None
-        if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.redact(record.stack_info)
-        return True
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the `project`, `event` and `duration` extras."""
-
-    EXTRAS = ("project", "event", "duration")
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                    + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry.update({key: getattr(record, key) for key in self.EXTRAS if hasattr(record, key)})
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            entry["exception"] = record.exc_text
-        return json.dumps(entry)
-
-
-def configure_logging(config: Config, redactor: SecretRedactor) -> None:
-    """Our handler on the root logger (so library lines are formatted and redacted too),
-    and the redactor on gunicorn's handlers as well."""
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "public_status", False)]:
-        root.removeHandler(handler)
-    handler = logging.StreamHandler()
-    handler.public_status = True
-    if config.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(redactor)
-    root.addHandler(handler)
-    root.setLevel(config.log_level)
-    for name in ("gunicorn.error", "gunicorn.access"):
-        for gunicorn_handler in logging.getLogger(name).handlers:
-            gunicorn_handler.addFilter(redactor)
-
-
 @dataclass(eq=False)
 class PublicStatus:
     """Everything one app instance holds; hangs off `app.extensions["public_status"]`."""
@@ -2037,17 +2025,20 @@ class PublicStatus:
     config: Config
     db: Database
     directory: ProjectDirectory
+    store: Store
     service: StatusService
+    fanout: Fanout
     metrics: Metrics
     redactor: SecretRedactor
     board_page: bytes
+    public_headers: tuple[tuple[str, str], ...]
     connections: ConnectionTracker | None = None
 
     def shutdown(self) -> None:
         """SIGTERM: end every stream, stop the pollers and give back their leases, let
         idle connections go."""
-        self.service.hub.shutdown()
-        self.service.store.close()
+        self.fanout.close()
+        self.store.close()
         if self.connections is not None:
             self.connections.end_idle_connections()
         self.db.close()
@@ -2064,13 +2055,21 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     redactor.add([db.password or "", urlsplit(config.redis_url or "").password or ""])
     metrics = Metrics()
     directory = ProjectDirectory(db, config, metrics, redactor)
-    service = StatusService(config, directory, UpstreamClient(config.max_upstream_bytes), metrics)
-    metrics.watch(service)
+    # Changes flow store -> fanout -> streams, and the fanout runs the service's pollers;
+    # so the fanout comes first, and its `poll` finds the service once it is built.
+    fanout = Fanout(config, metrics, poll=lambda slug: service.poll(slug))
+    store = make_store(config, fanout.publish)
+    service = StatusService(config, directory, UpstreamClient(config.max_upstream_bytes),
+                            store, metrics)
+    metrics.watch(fanout, store)
 
     app = Flask(__name__)
     app.url_map.merge_slashes = False  # `/api//public/x/status` must not be a 308
     board_page = Path(__file__).with_name("board.html").read_bytes()
-    public = PublicStatus(config, db, directory, service, metrics, redactor, board_page)
+    headers = (("Access-Control-Allow-Origin", config.cors_allow_origin),  # public_headers()
+               ("Access-Control-Expose-Headers", "Retry-After"), ("Cache-Control", "no-store"))
+    public = PublicStatus(config, db, directory, store, service, fanout, metrics, redactor,
+                          board_page, headers)
     app.extensions["public_status"] = public
     app.register_blueprint(routes)
     public.connections = ConnectionTracker(WarmStatusFastPath(app.wsgi_app, public))

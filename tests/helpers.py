@@ -290,6 +290,28 @@ class Service:
     def worker_pids(self) -> list[int]:
         return [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", self.logs())]
 
+    def client_sockets(self) -> int:
+        """Sockets the (last) worker holds for clients of its own port, not counting its
+        listener nor its database and client API connections (pools may grow and shrink
+        as they like). A socket the kernel no longer lists, closed on the wire but with
+        its descriptor still open, counts too: that is what a leak looks like."""
+        pid = self.worker_pids()[-1]
+        ports = {}  # socket inode -> (local port, state)
+        for table in ("tcp", "tcp6"):
+            for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                ports[fields[9]] = (int(fields[1].rsplit(":", 1)[1], 16), fields[3])
+        count = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue  # closed meanwhile
+            if target.startswith("socket:["):
+                port, state = ports.get(target[8:-1], (self.port, "closed"))
+                count += port == self.port and state != "0A"  # 0A: LISTEN
+        return count
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)

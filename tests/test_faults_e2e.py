@@ -7,7 +7,6 @@ distinctive credentials; the last test checks that none reached a log or an answ
 
 import itertools
 import json
-import os
 import re
 import signal
 import socket
@@ -298,16 +297,11 @@ def test_a_reader_that_never_reads_does_not_delay_the_others(own_service, pg, up
         reader.close()
 
 
-def worker_fds(service):
-    pid = service.worker_pids()[-1]
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def test_connection_storms_leave_nothing_behind(own_service, pg, upstream):
     service = own_service(SSE_PING_INTERVAL="30")
     slugs = [secret_project(pg, upstream) for _ in range(5)]
     assert get(service, slugs[0]).status_code == 200
-    baseline = worker_fds(service)
+    baseline = service.client_sockets()
     for round_ in range(10):
         streams = []
         for i in range(100):
@@ -320,7 +314,7 @@ def test_connection_storms_leave_nothing_behind(own_service, pg, upstream):
             stream.close()
     for name in ("open_streams", "watched_projects", "pollers"):
         wait_for(lambda name=name: metric(service.url, f"public_status_{name}") == 0, timeout=5)
-    wait_for(lambda: worker_fds(service) <= baseline, timeout=5)
+    wait_for(lambda: service.client_sockets() <= baseline, timeout=5)
     assert get(service, slugs[1]).status_code == 200
 
 

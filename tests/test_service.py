@@ -8,6 +8,7 @@ import pytest
 from helpers import FakeClock
 from public_service import (
     Config,
+    LocalStore,
     Metrics,
     NoSnapshot,
     RefreshLimited,
@@ -26,7 +27,9 @@ def clock():
 def service(clock):
     config = Config.from_env({"DATABASE_URL": "unused", "STATUS_CACHE_TTL": "30",
                               "REFRESH_MIN_INTERVAL": "10"})
-    return StatusService(config, None, UpstreamClient(config.max_upstream_bytes), Metrics(), clock)
+    store = LocalStore(on_change=lambda *change: None, clock=clock)
+    return StatusService(config, None, UpstreamClient(config.max_upstream_bytes), store, Metrics(),
+                         clock)
 
 
 @pytest.fixture
@@ -41,66 +44,66 @@ def cache_count(service, result):
 
 
 def test_fresh_snapshots_are_served_from_cache(service, project, upstream, clock):
-    first = service.current(project)
+    first = service.status(project)
     assert first.statuses == {"A1": "available", "A2": "reserved"}
     clock.now += 29.9
-    assert service.current(project) is first
+    assert service.status(project) is first
     assert upstream.count(f"/{project.slug}") == 1
     assert (cache_count(service, "miss"), cache_count(service, "hit")) == (1, 1)
 
 
 def test_an_expired_snapshot_is_fetched_again(service, project, upstream, clock):
-    service.current(project)
+    service.status(project)
     clock.now += 30
-    service.current(project)
+    service.status(project)
     assert upstream.count(f"/{project.slug}") == 2
 
 
 def test_the_version_moves_only_on_change(service, project, upstream, clock):
-    first = service.current(project)
+    first = service.status(project)
     clock.now += 31
-    assert service.current(project).version == first.version
+    assert service.status(project).version == first.version
     upstream.set_statuses(f"/{project.slug}", {"A1": "sold", "A2": "held"})
     clock.now += 31
-    changed = service.current(project)
+    changed = service.status(project)
     assert changed.version == first.version + 1
     assert changed.statuses == {"A1": "sold", "A2": "reserved"}
 
 
 def test_the_last_good_snapshot_is_served_when_a_fetch_fails(service, project, upstream, clock):
-    good = service.current(project)
+    good = service.status(project)
     upstream.set(f"/{project.slug}", b"oops", status=500)
     clock.now += 31
-    assert service.current(project) is good
+    assert service.status(project) is good
     assert cache_count(service, "stale") == 1
 
 
 def test_after_a_failure_reads_do_not_refetch_at_once(service, project, upstream, clock):
-    service.current(project)
+    service.status(project)
     upstream.set(f"/{project.slug}", b"oops", status=500)
     clock.now += 31
-    service.current(project)
-    service.current(project)
+    service.status(project)
+    service.status(project)
     clock.now += 4.9          # the first backoff is at least one poll interval (5 s)
-    service.current(project)
+    service.status(project)
     assert upstream.count(f"/{project.slug}") == 2
     clock.now += 30           # and at most the cache TTL
-    service.current(project)
+    service.status(project)
     assert upstream.count(f"/{project.slug}") == 3
 
 
 def test_no_snapshot_ever_is_503_material(service, project, upstream, clock):
     upstream.set(f"/{project.slug}", b"not json")
     with pytest.raises(NoSnapshot) as raised:
-        service.current(project)
+        service.status(project)
     assert 5 <= raised.value.retry_after <= 10
     upstream.set_statuses(f"/{project.slug}", {"A1": "open"})
     clock.now += raised.value.retry_after
-    assert service.current(project).statuses == {"A1": "available"}
+    assert service.status(project).statuses == {"A1": "available"}
 
 
 def test_refresh_bypasses_the_cache(service, project, upstream, clock):
-    service.current(project)
+    service.status(project)
     upstream.set_statuses(f"/{project.slug}", {"A1": "closed"})
     assert service.refresh(project).statuses == {"A1": "sold"}
     assert upstream.count(f"/{project.slug}") == 2
@@ -127,14 +130,14 @@ def test_a_failed_refresh_serves_the_last_good_snapshot(service, project, upstre
 
 def test_failures_are_logged_once_per_streak(service, project, upstream, clock, caplog):
     caplog.set_level(logging.WARNING, logger="public_service")
-    service.current(project)
+    service.status(project)
     upstream.set(f"/{project.slug}", b"oops", status=500)
     for _ in range(4):
         clock.now += 100
-        service.current(project)
+        service.status(project)
     upstream.set_statuses(f"/{project.slug}", {"A1": "open"})
     clock.now += 100
-    service.current(project)
+    service.status(project)
     messages = [r.getMessage() for r in caplog.records]
     assert sum("fetch failed" in m for m in messages) == 1
     assert sum("recovered after 4 failed fetches" in m for m in messages) == 1
@@ -143,9 +146,9 @@ def test_failures_are_logged_once_per_streak(service, project, upstream, clock, 
 def test_unknown_values_are_logged_once_per_project_and_value(service, project, upstream, clock, caplog):
     caplog.set_level(logging.WARNING, logger="public_service")
     upstream.set_statuses(f"/{project.slug}", {"A1": "weird", "A2": "weird", "A3": "odd"})
-    assert service.current(project).statuses == {"A1": "hidden", "A2": "hidden", "A3": "hidden"}
+    assert service.status(project).statuses == {"A1": "hidden", "A2": "hidden", "A3": "hidden"}
     clock.now += 31
-    service.current(project)
+    service.status(project)
     unknown = [r.getMessage() for r in caplog.records if "unknown status" in r.getMessage()]
     assert len(unknown) == 2
     assert any("'weird'" in m for m in unknown) and any("'odd'" in m for m in unknown)

@@ -1409,13 +1409,15 @@ class StatusService:
     and each project's poller; it commits into the store and never talks to streams."""
 
     def __init__(self, config: Config, directory: ProjectDirectory, client: UpstreamClient,
-                 store: Store, metrics: Metrics, clock: Callable[[], float] = time.monotonic):
+                 store: Store, metrics: Metrics, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = gevent.sleep):
         self.config = config
         self.directory = directory
         self.client = client
         self.store = store
         self.metrics = metrics
         self.clock = clock
+        self._sleep = sleep  # the poller's waits: tests drive them with a fake clock
         self._states: defaultdict[str, _FetchState] = defaultdict(_FetchState)
         self._fetches = SingleFlight()
 
@@ -1543,19 +1545,19 @@ class StatusService:
                 try:
                     project = self.directory.get(slug)
                 except DatabaseUnavailable:
-                    gevent.sleep(DB_RETRY_SECONDS)  # the directory logs it; streams stay open
+                    self._sleep(DB_RETRY_SECONDS)  # the directory logs it; streams stay open
                     continue
                 if project is None:
                     log.info("project %s is gone; closing its streams", slug, extra={"project": slug})
                     return
                 turn = self.store.poll_turn(slug)
                 if turn > 0:  # another worker polls it; ask again when its lease may lapse
-                    gevent.sleep(turn)
+                    self._sleep(turn)
                     continue
                 age = self.store.read(slug)[1]
                 wait = max(self._states[slug].poll_due_at - self.clock(), project.poll_interval - age)
                 if wait > 0:
-                    gevent.sleep(min(wait, self.store.renew_every))
+                    self._sleep(min(wait, self.store.renew_every))
                     continue
                 try:
                     self._fetch_once(project)

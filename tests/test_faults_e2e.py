@@ -1,8 +1,9 @@
 """Fault injection against real processes: the client API, the database, clients and
 shutdown misbehave; the service keeps serving, loses nothing and leaks nothing.
 
-The module's shared service logs at DEBUG and every project it serves carries
-distinctive credentials; the last test checks that none reached a log or an answer.
+Its services log at DEBUG and every project they serve carries distinctive
+credentials: after each test, none may be in an answer it received or in a log line
+written while it ran (`no_secret_leaks`).
 """
 
 import itertools
@@ -31,8 +32,8 @@ SECRET = {
     "url_user": "fault-urluser-Pj72",
     "url_password": "fault-urlpass-Gs95Le",
 }
-ANSWERS: list[requests.Response] = []   # every answer the suite received, checked at the end
-LOGS: list[str] = []                    # logs of every service the suite stopped
+ANSWERS: list[requests.Response] = []   # the answers of the test under way
+LOGS: list[str] = []                    # logs of the services the test under way stopped
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,24 @@ def faulty(pg):
     service = Service({"DATABASE_URL": pg.reader_url, **FAST, "LOG_LEVEL": "DEBUG"})
     yield service
     service.stop()
-    LOGS.append(service.logs())
+
+
+def assert_no_secret(logs: str, answers: list[requests.Response]) -> None:
+    for secret in [*SECRET.values(), READER_PASSWORD]:
+        assert secret not in logs, f"{secret} is in a log line"
+        for answer in answers:
+            assert secret not in answer.text and secret not in str(answer.headers)
+    assert not re.search(r"Bearer \S|Basic [A-Za-z0-9+/=]{8}", logs)
+
+
+@pytest.fixture(autouse=True)
+def no_secret_leaks(faulty):
+    """Whatever a test did: no credential in its answers or in the log lines of its time."""
+    ANSWERS.clear()
+    LOGS.clear()
+    start = len(faulty.logs())
+    yield
+    assert_no_secret("\n".join([*LOGS, faulty.logs()[start:]]), ANSWERS)
 
 
 @pytest.fixture
@@ -136,19 +154,23 @@ def test_client_api_faults_serve_the_last_good_snapshot(faulty, pg, upstream, fa
     assert good.status_code == 200
 
     inject(upstream, pg, slug)
-    time.sleep(0.6)                       # past STATUS_CACHE_TTL and PROJECT_CACHE_TTL
-    started = time.monotonic()
-    for _ in range(3):
-        answer = get(faulty, slug)
-        assert answer.status_code == 200
-        assert answer.content == good.content
-    assert time.monotonic() - started < 1.5   # the whole fetch is bounded by its 0.5 s timeout
+    slowest = 0.0
 
-    [line] = wait_for(lambda: failure_lines(faulty, slug))
+    def served_stale_until(condition):
+        nonlocal slowest
+        started = time.monotonic()
+        answer = get(faulty, slug)
+        slowest = max(slowest, time.monotonic() - started)
+        assert answer.status_code == 200 and answer.content == good.content
+        return condition()
+
+    # GETs are answered with the last good snapshot while the service notices the fault
+    # (when its caches expire), then tries again and fails again.
+    [line] = wait_for(lambda: served_stale_until(lambda: failure_lines(faulty, slug)))
     assert expected in line
-    time.sleep(0.5)
-    get(faulty, slug)
+    wait_for(lambda: served_stale_until(lambda: f"project {slug}: fetch failed again" in faulty.logs()))
     assert len(failure_lines(faulty, slug)) == 1     # once per streak, not per request
+    assert slowest < 1.0                              # a fetch is bounded by its 0.5 s timeout
 
 
 def test_no_detail_of_a_failure_reaches_the_public(faulty, pg, upstream):
@@ -166,7 +188,7 @@ def test_a_hanging_client_api_does_not_slow_other_projects(faulty, pg, upstream)
     upstream.set(f"/{hanging}", b"{}", delay=3)
     waiting = threading.Thread(target=get, args=(faulty, hanging))
     waiting.start()
-    time.sleep(0.1)
+    wait_for(lambda: upstream.count(f"/{hanging}") == 1)   # the hanging fetch is under way
     latencies = []
     for _ in range(20):
         started = time.monotonic()
@@ -177,26 +199,28 @@ def test_a_hanging_client_api_does_not_slow_other_projects(faulty, pg, upstream)
     assert max(latencies) < 0.25, latencies
 
 
+def poll_gaps(upstream, slug, count, since):
+    """Seconds between the project's next `count` + 1 requests after `since`."""
+    wait_for(lambda: len([r for r in upstream.requests_to(f"/{slug}") if r.at > since]) > count)
+    times = [r.at for r in upstream.requests_to(f"/{slug}") if r.at > since][:count + 1]
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
 def test_the_poller_backs_off_and_recovers(faulty, pg, upstream):
     slug = secret_project(pg, upstream, interval=0.1)
     stream = EventStream(faulty.port, f"/api/public/{slug}/status/stream")
     stream.next_event("status_update")
     upstream.set(f"/{slug}", b"", status=500)
-    failing_from = time.monotonic()
-    time.sleep(4)
-    tried = [r.at for r in upstream.requests_to(f"/{slug}") if r.at > failing_from]
-    gaps = [b - a for a, b in itertools.pairwise(tried)]
-    assert 4 <= len(tried) <= 10, gaps                 # not 40: it backed off
-    assert all(0.095 <= gap <= 0.85 for gap in gaps), gaps   # never under 1, never over 8 intervals
-    assert max(gaps) >= 0.4 and gaps[0] <= 0.25, gaps
+    gaps = poll_gaps(upstream, slug, 4, since=time.monotonic())
+    # After the n-th failure: between 1 and 2, 2 and 4, then 4 and 8 intervals of 0.1 s
+    # (the exact rule is tested in-process; here, that the real poller follows it).
+    for gap, (low, high) in zip(gaps, [(0.1, 0.2), (0.2, 0.4), (0.4, 0.8), (0.4, 0.8)], strict=True):
+        assert low * 0.95 <= gap <= high + 0.1, gaps
 
     upstream.set_statuses(f"/{slug}", {"A1": "sold"})
     assert stream.next_event("bulk_update", timeout=2).json()["updates"]["A1"] == "sold"
-    recovered = time.monotonic()
-    time.sleep(0.8)
-    tried = [r.at for r in upstream.requests_to(f"/{slug}") if r.at > recovered]
-    gaps = [b - a for a, b in itertools.pairwise(tried)]
-    assert len(tried) >= 5 and all(gap < 0.2 for gap in gaps), gaps   # back to 0.1 s
+    gaps = poll_gaps(upstream, slug, 4, since=time.monotonic())
+    assert all(gap < 0.2 for gap in gaps), gaps        # back to 0.1 s at once
     stream.close()
 
 
@@ -219,9 +243,12 @@ def test_the_database_going_away_and_coming_back(own_service, pg, upstream, db_p
     watching.next_event("status_update")
 
     db_proxy.cut()
-    time.sleep(0.3)                                     # the project row's cache expires
-    answer = get(service, known)
-    assert answer.status_code == 200                    # the known project is still served
+
+    def known_still_served():
+        assert get(service, known).status_code == 200  # from its cached row, however old
+        return metric(service.url, "public_status_db_errors_total") >= 1
+
+    wait_for(known_still_served)                        # until its row expired and was tried
     assert get(service, never_seen).status_code == 503  # one never seen cannot be
     assert get(service, never_seen).headers["Retry-After"]
     assert requests.get(f"{service.url}/readyz", timeout=5).status_code == 503
@@ -281,7 +308,8 @@ def test_a_reader_that_never_reads_does_not_delay_the_others(own_service, pg, up
         thread.start()
     wait_for(lambda: metric(service.url, "public_status_streams_dropped_total") == 1, timeout=20)
     assert metric(service.url, "public_status_open_streams") == 3
-    time.sleep(0.5)
+    dropped = time.monotonic()
+    wait_for(lambda: all(len([t for t in times if t > dropped]) >= 3 for times in arrivals))
     done.set()
     for thread in threads:
         thread.join()
@@ -355,7 +383,7 @@ def test_sigterm_ends_streams_finishes_requests_and_exits(own_service, pg, upstr
     while not answer.endswith(b'{"status": "ok"}'):
         answer += idle.recv(4096)
     assert answer.startswith(b"HTTP/1.1 200")
-    time.sleep(0.3)
+    wait_for(lambda: upstream.count(f"/{slow}") == 1)   # the slow request is in flight
 
     signalled = time.monotonic()
     service.process.send_signal(signal.SIGTERM)
@@ -421,17 +449,16 @@ def test_oversized_headers(faulty, pg, upstream, headers):
     assert get(faulty, slug).status_code == 200
 
 
-def test_zz_no_secret_reached_a_log_or_an_answer(faulty):
-    """Runs last in this module: the shared service has seen every fault above."""
-    logs = "\n".join([*LOGS, faulty.logs()])
+def test_library_debug_lines_are_there_and_redacted(faulty, pg, upstream):
+    """The check after each test means something: the libraries' DEBUG lines, which
+    would carry URLs and headers, are in the log, with every credential redacted."""
+    start = len(faulty.logs())
+    for _ in range(4):                                 # every kind of credential
+        slug = secret_project(pg, upstream)
+        assert get(faulty, slug).status_code == 200
+    logs = faulty.logs()[start:]
     assert "DEBUG" in logs and "urllib3" in logs
-    assert len(ANSWERS) > 50
-    secrets = [*SECRET.values(), READER_PASSWORD]
-    for secret in secrets:
-        assert secret not in logs, f"{secret} is in a log line"
-        for answer in ANSWERS:
-            assert secret not in answer.text and secret not in str(answer.headers)
-    assert not re.search(r"Bearer \S|Basic [A-Za-z0-9+/=]{8}", logs)
+    assert_no_secret(logs, ANSWERS)
 
 
 @pytest.fixture(autouse=True, scope="module")

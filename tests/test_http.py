@@ -1,6 +1,7 @@
 """HTTP answers of the app in-process: status codes, bodies and headers, every route."""
 
 import json
+import logging
 
 import pytest
 
@@ -200,3 +201,32 @@ def test_the_fast_path_leaves_everything_else_to_flask(client, project):
     assert client.post(f"/api/public/{project}/status").status_code == 405
     assert client.get(f"/api/public/{project}x/status").status_code == 404
     assert client.get(f"/api/public/a/{project}/status").status_code == 404
+
+
+def test_a_configured_origin_is_on_every_answer_the_fast_path_included(pg, project):
+    origin = "https://board.example.com"
+    app = public_service.create_app({"DATABASE_URL": pg.reader_url, "CORS_ALLOW_ORIGIN": origin})
+    client = app.test_client()
+    hits = app.extensions["public_status"].metrics.cache_hits
+    slow = client.get(f"/api/public/{project}/status")
+    fast = client.get(f"/api/public/{project}/status")
+    assert hits._value.get() == 1                            # the second one took the fast path
+    answers = [slow, fast, client.get("/api/public/no-such-project/status"),
+               client.post(f"/api/public/{project}/status/refresh"), client.get("/metrics")]
+    for answer in answers:
+        assert answer.headers["Access-Control-Allow-Origin"] == origin
+    assert list(fast.headers.items()) == list(slow.headers.items())
+
+
+def test_a_password_in_redis_url_is_redacted(pg, capfd):
+    password = "redis-pw-Vq93Lk"
+    app = public_service.create_app({"DATABASE_URL": pg.reader_url, "LOG_FORMAT": "json",
+                                     "REDIS_URL": f"redis://:{password}@127.0.0.1:1/0"})
+    public = app.extensions["public_status"]
+    try:
+        logging.getLogger("redis.connection").warning("connecting to %s", public.config.redis_url)
+        err = capfd.readouterr().err
+        assert password not in err and "redis://:***@127.0.0.1:1/0" in err
+        assert password not in repr(public.config) and password not in repr(public.store)
+    finally:
+        public.shutdown()

@@ -1,7 +1,6 @@
 """The operator's view: metrics that move as the service works, and JSON log lines."""
 
 import json
-import time
 
 import pytest
 import requests
@@ -32,12 +31,14 @@ def test_metrics_move_as_the_service_works(start_service, pg, upstream):
     requests.get(f"{service.url}/api/public/{broken}/status", timeout=5)
     assert m("public_status_upstream_requests_total", 'outcome="http_error"') == 1
 
-    time.sleep(0.55)
-    requests.get(f"{service.url}/api/public/{slug}/status", timeout=5)
-    upstream.set(f"/{slug}", b"nope", status=500)
-    time.sleep(0.55)
-    requests.get(f"{service.url}/api/public/{slug}/status", timeout=5)
-    assert m("public_status_cache_total", 'result="stale"') == 1
+    def get_until(condition):
+        requests.get(f"{service.url}/api/public/{slug}/status", timeout=5)
+        return condition()
+
+    wait_for(lambda: get_until(lambda: m("public_status_cache_total", 'result="miss"') == 2))
+    upstream.set(f"/{slug}", b"nope", status=500)       # once the cache expires: stale
+    wait_for(lambda: get_until(lambda: m("public_status_cache_total", 'result="stale"') == 1))
+    assert m("public_status_cache_total", 'result="miss"') == 2
 
     requests.post(f"{service.url}/api/public/{slug}/status/refresh", timeout=5)
     requests.post(f"{service.url}/api/public/{slug}/status/refresh", timeout=5)

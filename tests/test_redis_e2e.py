@@ -1,6 +1,7 @@
 """Scale-out on Redis: two instances (two service processes) against one Redis and one
 PostgreSQL behave as one service."""
 
+import itertools
 import json
 import os
 import signal
@@ -47,11 +48,24 @@ def watched_on_both(two, pg, upstream, prefix, statuses, interval):
     return slug, on_a, on_b
 
 
-def polled_during(upstream, slug, seconds):
-    """How many requests the project's client API gets in the next `seconds`."""
-    started = time.monotonic()
-    time.sleep(seconds)
-    return len([r for r in upstream.requests_to(f"/{slug}") if r.at >= started])
+def poll_gaps(upstream, slug, count):
+    """Seconds between the project's next `count` + 1 requests to its client API."""
+    since = time.monotonic()
+    wait_for(lambda: len([r for r in upstream.requests_to(f"/{slug}") if r.at > since]) > count)
+    times = [r.at for r in upstream.requests_to(f"/{slug}") if r.at > since][:count + 1]
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+def fetches(service) -> float:
+    return metric(service.url, "public_status_upstream_requests_total", 'outcome="ok"')
+
+
+def who_polls(services, upstream, slug, count=4):
+    """Which of the services fetched the project's next `count` polls (by their own
+    counters), and the gaps between those polls."""
+    before = [fetches(service) for service in services]
+    gaps = poll_gaps(upstream, slug, count)
+    return [fetches(service) > was for service, was in zip(services, before, strict=True)], gaps
 
 
 def test_both_instances_see_a_change_and_the_api_is_polled_once(two, pg, upstream):
@@ -62,9 +76,9 @@ def test_both_instances_see_a_change_and_the_api_is_polled_once(two, pg, upstrea
     first_a, first_b = on_a.next_event("status_update"), on_b.next_event("status_update")
     assert first_a.data == first_b.data
 
-    polled = polled_during(upstream, slug, 3)
-    print(f"\n2 instances sharing Redis: {polled} client API requests in 3 s at 0.25 s")
-    assert 10 <= polled <= 14                       # 12 in 3 s, not 24
+    polling, gaps = who_polls(two, upstream, slug)
+    assert polling.count(True) == 1, polling        # one instance polls; never two at once
+    assert all(gap >= 0.24 for gap in gaps), gaps
 
     upstream.set_statuses(f"/{slug}", {"A1": "open", "A2": "closed"})
     change_a, change_b = on_a.next_event("bulk_update", 3), on_b.next_event("bulk_update", 3)
@@ -83,16 +97,15 @@ def test_without_redis_each_instance_polls_on_its_own(start_service, pg, upstrea
     upstream.set_statuses(f"/{slug}", {"A1": "open"})
     on_a = stream(a, slug)
     on_a.next_event("status_update")
-    polled = polled_during(upstream, slug, 3)
-    print(f"\n1 instance: {polled} client API requests in 3 s at 0.25 s")
-    assert 10 <= polled <= 14
+    gaps = poll_gaps(upstream, slug, 4)
+    assert all(gap >= 0.24 for gap in gaps), gaps   # one instance: one poll per interval
 
     b = start_service()
     on_b = stream(b, slug)
     on_b.next_event("status_update")
-    polled = polled_during(upstream, slug, 3)
-    print(f"2 instances without Redis: {polled} client API requests in 3 s at 0.25 s")
-    assert 20 <= polled <= 28
+    polling, gaps = who_polls([a, b], upstream, slug, count=8)
+    assert polling == [True, True]                  # each polls on its own
+    assert min(gaps) < 0.2, gaps                    # so polls come closer than the interval
 
 
 def test_a_refresh_on_one_instance_reaches_the_other(two, pg, upstream):
@@ -134,8 +147,8 @@ def test_concurrent_refreshes_across_instances_share_one_fetch(two, pg, upstream
 def test_the_lease_moves_when_its_holder_dies(two, pg, upstream, redis_server):
     a, b = two
     slug, on_a, on_b = watched_on_both(two, pg, upstream, "lease", {"A1": "open"}, 0.2)
-    time.sleep(0.5)
-    holder = redis.Redis.from_url(redis_server.url).get(f"public-status:lease:{slug}").decode()
+    holder = wait_for(lambda: redis.Redis.from_url(redis_server.url).get(
+        f"public-status:lease:{slug}")).decode()
     holder_pid = int(holder.split(":")[1])
     dying, surviving_stream = (a, on_b) if holder_pid in a.worker_pids() else (b, on_a)
     assert holder_pid in dying.worker_pids()
@@ -143,7 +156,6 @@ def test_the_lease_moves_when_its_holder_dies(two, pg, upstream, redis_server):
     os.kill(dying.process.pid, signal.SIGKILL)     # the master first, so none respawns
     os.kill(holder_pid, signal.SIGKILL)
     killed = time.monotonic()
-    time.sleep(0.1)
     upstream.set_statuses(f"/{slug}", {"A1": "closed"})
     assert surviving_stream.next_event("bulk_update", 5).json() == {"updates": {"A1": "sold"}}
     resumed = next(r.at for r in upstream.requests_to(f"/{slug}") if r.at > killed)
@@ -157,20 +169,20 @@ def test_without_redis_both_keep_serving_and_converge_when_it_returns(two, pg, u
     slug, on_a, on_b = watched_on_both(two, pg, upstream, "outage", {"A1": "open", "A2": "open"}, 0.25)
 
     redis_server.stop()
-    time.sleep(0.5)
+    for service in (a, b):
+        wait_for(lambda service=service: metric(service.url, "public_status_redis_shared") == 0)
     upstream.set_statuses(f"/{slug}", {"A1": "closed", "A2": "open"})
     assert on_a.next_event("bulk_update", 5).json() == {"updates": {"A1": "sold"}}
     assert on_b.next_event("bulk_update", 5).json() == {"updates": {"A1": "sold"}}
     for service in (a, b):
         answer = requests.get(f"{service.url}/api/public/{slug}/status", timeout=5)
         assert answer.status_code == 200 and answer.json()["statuses"]["A1"] == "sold"
-    alone = polled_during(upstream, slug, 2)
-    assert alone >= 13                                  # each polls on its own: about 16
+    polling, _ = who_polls([a, b], upstream, slug, count=8)
+    assert polling == [True, True]                      # each polls on its own
 
     redis_server.start()
     for service in (a, b):
-        wait_for(lambda service=service: "Redis reachable again" in service.logs(), timeout=5)
-    time.sleep(1)
+        wait_for(lambda service=service: metric(service.url, "public_status_redis_shared") == 1)
     upstream.set_statuses(f"/{slug}", {"A1": "closed", "A2": "held"})
     seen_a = on_a.next(5)
     while seen_a.event not in ("bulk_update", "status_update") or "reserved" not in seen_a.data:
@@ -179,8 +191,9 @@ def test_without_redis_both_keep_serving_and_converge_when_it_returns(two, pg, u
     while seen_b.event not in ("bulk_update", "status_update") or "reserved" not in seen_b.data:
         seen_b = on_b.next(5)
     assert seen_a.id == seen_b.id                       # one version again, on both
-    shared = polled_during(upstream, slug, 2)
-    assert shared <= 10                                 # one poller again: about 8
+    polling, gaps = who_polls([a, b], upstream, slug)
+    assert polling.count(True) == 1, polling            # one poller again
+    assert all(gap >= 0.24 for gap in gaps), gaps
     for service in (a, b):
         logs = service.logs()
         assert logs.count("Redis unavailable") == 1 and logs.count("Redis reachable again") == 1

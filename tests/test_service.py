@@ -1,17 +1,22 @@
-"""The snapshot cache and refresh rules, driven by a fake clock against a real client
-API on loopback."""
+"""The snapshot cache, refresh rules and the poller, driven by a fake clock against a
+real client API on loopback (and, for the poller, the real database)."""
 
 import logging
+import re
 
+import gevent
 import pytest
 
 from helpers import FakeClock
 from public_service import (
     Config,
+    Database,
     LocalStore,
     Metrics,
     NoSnapshot,
+    ProjectDirectory,
     RefreshLimited,
+    SecretRedactor,
     StatusService,
     UpstreamClient,
     project_from_row,
@@ -32,11 +37,15 @@ def service(clock):
                          clock)
 
 
+def make_project(upstream, request, interval=5):
+    slug = "svc-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:60]
+    upstream.set_statuses(f"/{slug}", {"A1": "open", "A2": "held"})
+    return project_from_row(slug, (upstream.url, f"/{slug}", None, None, 2, None, interval), 30.0)
+
+
 @pytest.fixture
 def project(upstream, request):
-    slug = "svc-" + request.node.name.replace("_", "-")[:60].lower()
-    upstream.set_statuses(f"/{slug}", {"A1": "open", "A2": "held"})
-    return project_from_row(slug, (upstream.url, f"/{slug}", None, None, 2, None, 5), 30.0)
+    return make_project(upstream, request)
 
 
 def cache_count(service, result):
@@ -131,16 +140,138 @@ def test_a_failed_refresh_serves_the_last_good_snapshot(service, project, upstre
 def test_failures_are_logged_once_per_streak(service, project, upstream, clock, caplog):
     caplog.set_level(logging.WARNING, logger="public_service")
     service.status(project)
-    upstream.set(f"/{project.slug}", b"oops", status=500)
-    for _ in range(4):
+
+    def streak(failures):
+        upstream.set(f"/{project.slug}", b"oops", status=500)
+        for _ in range(failures):
+            clock.now += 100
+            service.status(project)
+        upstream.set_statuses(f"/{project.slug}", {"A1": "open"})
         clock.now += 100
         service.status(project)
-    upstream.set_statuses(f"/{project.slug}", {"A1": "open"})
-    clock.now += 100
-    service.status(project)
+
+    streak(4)
     messages = [r.getMessage() for r in caplog.records]
     assert sum("fetch failed" in m for m in messages) == 1
     assert sum("recovered after 4 failed fetches" in m for m in messages) == 1
+    streak(2)                                  # a new streak is told again, counted afresh
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("fetch failed" in m for m in messages) == 2
+    assert sum("recovered after 2 failed fetches" in m for m in messages) == 1
+
+
+def test_the_stale_window_after_a_failure_is_bounded_by_the_cache_ttl(service, upstream, clock,
+                                                                      request):
+    """A project polled every 100 s backs off for 100-200 s after a failure; a GET waits
+    at most STATUS_CACHE_TTL (30 s) before it asks the client API again."""
+    project = make_project(upstream, request, interval=100)
+    good = service.status(project)
+    upstream.set(f"/{project.slug}", b"oops", status=500)
+    clock.now += 30
+    assert service.status(project) is good                  # the failed fetch: stale
+    clock.now += 29.9
+    assert service.status(project) is good
+    assert upstream.count(f"/{project.slug}") == 2
+    clock.now += 0.1
+    upstream.set_statuses(f"/{project.slug}", {"A1": "closed"})
+    assert service.status(project).statuses == {"A1": "sold"}
+    assert upstream.count(f"/{project.slug}") == 3
+
+
+def test_no_snapshot_says_exactly_when_to_try_again(service, project, upstream, clock):
+    upstream.set(f"/{project.slug}", b"oops", status=500)
+    with pytest.raises(NoSnapshot) as raised:
+        service.status(project)
+    clock.now += 1.5
+    with pytest.raises(NoSnapshot) as again:
+        service.status(project)                              # not fetched again meanwhile
+    assert again.value.retry_after == pytest.approx(raised.value.retry_after - 1.5)
+    assert upstream.count(f"/{project.slug}") == 1
+
+
+# --------------------------------------------------------------------------- the poller
+
+@pytest.fixture
+def poller(pg, upstream, clock):
+    """A service whose poller sleeps on the fake clock: `poller.run_until(predicate)` lets
+    it go until the predicate holds; `poller.sleeps` lists every wait it took."""
+    config = Config.from_env({"DATABASE_URL": pg.reader_url, "STATUS_CACHE_TTL": "30",
+                              "PROJECT_CACHE_TTL": "30", "DEFAULT_POLL_INTERVAL": "5"})
+    db = Database(config.database_url, 1, 2.0)
+    metrics = Metrics()
+    directory = ProjectDirectory(db, config, metrics, SecretRedactor(), clock)
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        clock.now += seconds
+        gevent.sleep(0)
+
+    store = LocalStore(on_change=lambda *change: None, clock=clock)
+    service = StatusService(config, directory, UpstreamClient(config.max_upstream_bytes), store,
+                            metrics, clock, sleep)
+    greenlets = []
+
+    class Poller:
+        def start(self, slug):
+            greenlets.append(gevent.spawn(service.poll, slug))
+            return greenlets[-1]
+
+        def run_until(self, predicate, steps=10_000):
+            for _ in range(steps):
+                if predicate():
+                    return
+                gevent.sleep(0)
+            raise AssertionError("the poller never got there")
+
+    runner = Poller()
+    runner.sleeps, runner.service = sleeps, service
+    yield runner
+    gevent.killall(greenlets)
+    db.close()
+
+
+def test_the_poller_fetches_once_per_interval(poller, pg, upstream):
+    slug = pg.add_project(pg.unique_slug("poll"), base_url=upstream.url, interval=5)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    poller.start(slug)
+    poller.run_until(lambda: upstream.count(f"/{slug}") == 6)
+    assert poller.sleeps == [5.0] * 5                   # a fetch, then one every 5 s
+
+
+def test_the_interval_is_the_projects_own(poller, pg, upstream):
+    slug = pg.add_project(pg.unique_slug("poll"), base_url=upstream.url, interval=12.5)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    poller.start(slug)
+    poller.run_until(lambda: upstream.count(f"/{slug}") == 3)
+    assert poller.sleeps == [12.5, 12.5]
+
+
+def test_the_poller_backs_off_while_failing_and_recovers(poller, pg, upstream):
+    slug = pg.add_project(pg.unique_slug("poll"), base_url=upstream.url, interval=5)
+    upstream.set(f"/{slug}", b"", status=503)
+    poller.start(slug)
+    poller.run_until(lambda: upstream.count(f"/{slug}") == 6)
+    bounds = [(5, 10), (10, 20), (20, 40), (20, 40), (20, 40)]   # 1-2, 2-4, then 4-8 intervals
+    assert len(poller.sleeps) == 5
+    for waited, (low, high) in zip(poller.sleeps, bounds, strict=True):
+        assert low <= waited <= high, poller.sleeps
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    poller.run_until(lambda: upstream.count(f"/{slug}") == 9)
+    assert poller.sleeps[6:] == [5.0, 5.0]              # back to the interval at once
+
+
+def test_the_poller_returns_when_the_project_is_gone(poller, pg, upstream, caplog):
+    caplog.set_level(logging.INFO, logger="public_service")
+    slug = pg.add_project(pg.unique_slug("poll"), base_url=upstream.url, interval=5)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    running = poller.start(slug)
+    poller.run_until(lambda: upstream.count(f"/{slug}") == 2)
+    pg.set_active(slug, False)
+    poller.run_until(lambda: running.dead)
+    assert running.successful()
+    assert sum(poller.sleeps) <= 35                     # seen within PROJECT_CACHE_TTL
+    assert any("is gone" in record.getMessage() for record in caplog.records)
 
 
 def test_unknown_values_are_logged_once_per_project_and_value(service, project, upstream, clock, caplog):

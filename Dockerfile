@@ -10,7 +10,7 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt \
  && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin app
 
-COPY public_service.py wsgi.py board.html Procfile ./
+COPY public_service.py wsgi.py gunicorn.conf.py board.html Procfile ./
 
 USER app
 EXPOSE 8000

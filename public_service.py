@@ -44,8 +44,11 @@ as request headers, and every log line is scrubbed of them (`SecretRedactor`).
 from __future__ import annotations
 
 import base64
+import email.parser
+import errno
 import fcntl
 import hashlib
+import http.cookiejar
 import json
 import logging
 import math
@@ -57,7 +60,6 @@ import struct
 import termios
 import threading
 import time
-import weakref
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -69,6 +71,7 @@ from urllib.parse import urlsplit, urlunsplit
 import gevent
 import gevent.event
 import gevent.lock
+import gevent.pywsgi
 import psycopg2
 import psycopg2.extensions
 import redis
@@ -113,6 +116,9 @@ class Config:
     max_streams: int = 10_000
     redis_url: str | None = field(default=None, repr=False)
     poll_lease_ttl: float = 10.0
+    min_poll_interval: float = 1.0
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 100.0
     db_pool_size: int = 5
     db_timeout: float = 5.0
 
@@ -144,6 +150,9 @@ class Config:
             max_streams=_env_number(env, "MAX_STREAMS", 10_000, int, minimum=0),
             redis_url=env.get("REDIS_URL") or None,
             poll_lease_ttl=_env_number(env, "POLL_LEASE_TTL", 10.0),
+            min_poll_interval=_env_number(env, "MIN_POLL_INTERVAL", 1.0),
+            header_timeout=_env_number(env, "HEADER_TIMEOUT", 10.0),
+            keepalive_timeout=_env_number(env, "KEEPALIVE_TIMEOUT", 100.0),
             db_pool_size=_env_number(env, "DB_POOL_SIZE", 5, int, minimum=1),
             db_timeout=_env_number(env, "DB_TIMEOUT", 5.0),
         )
@@ -303,7 +312,14 @@ MAX_TIMEOUT_SECONDS = 120.0       # a misconfigured timeout must not pin a fetch
 STREAM_QUEUE_SIZE = 64            # messages a slow reader may fall behind before it is dropped
 DB_RETRY_SECONDS = 1.0            # after a database failure, serve from cache this long untried
 DB_RETRY_AFTER = 5                # Retry-After (s) on a 503 caused by the database
-PROJECT_CACHE_ENTRIES = 10_000    # slugs (known or not) whose lookup is remembered
+KNOWN_PROJECTS = 10_000           # project rows kept, least recently used dropped first
+UNKNOWN_SLUGS = 10_000            # slugs remembered as unknown, apart: a flood evicts only them
+POLLER_RESTART_SECONDS = 1.0      # a poller that crashed (a bug of ours) starts again after this
+PARSE_IN_THREAD_BYTES = 256 * 1024  # bodies this large are parsed off the event loop
+REQUEST_LINE_LIMIT = 4094         # the request head's bounds: gunicorn's defaults,
+HEADER_FIELD_LIMIT = 8190         # its CRLF included,
+HEADER_FIELDS_LIMIT = 100         # whatever the worker class
+REQUEST_BODY_LIMIT = 16 * 1024    # no route reads a body: larger ones are refused, not read
 
 
 class PublicStatusError(Exception):
@@ -330,6 +346,12 @@ class DatabaseUnavailable(PublicStatusError):
     """The shared database did not answer (down, timed out, refused the query)."""
 
     retry_after = DB_RETRY_AFTER
+
+
+class DatabaseBusy(PublicStatusError):
+    """Every pooled connection stayed in use: a crowd, not a failure of the database."""
+
+    retry_after = 1
 
 
 class ProjectNotFound(PublicStatusError):
@@ -415,10 +437,36 @@ class Snapshot:
     event: bytes = field(repr=False)     # the `status_update` SSE message
 
     @classmethod
-    def build(cls, slug: str, version: int, statuses: Mapping[str, str]) -> Snapshot:
-        body = json.dumps({"project": slug, "statuses": statuses, "count": len(statuses)})
-        event = SSEMessage(event="status_update", data=json.dumps({"statuses": statuses}), id=version)
+    def build(cls, slug: str, version: int, statuses: Mapping[str, str],
+              encoded: str | None = None) -> Snapshot:
+        """`encoded`: `json.dumps(statuses)`, if it is made already (for a big project,
+        off the event loop). Both encodings splice it in: the same bytes as encoding
+        each whole, at half the cost."""
+        encoded = json.dumps(statuses) if encoded is None else encoded
+        body = f'{{"project": {json.dumps(slug)}, "statuses": {encoded}, "count": {len(statuses)}}}'
+        event = SSEMessage(event="status_update", data=f'{{"statuses": {encoded}}}', id=version)
         return cls(slug, version, statuses, body.encode(), event.encode())
+
+
+@dataclass(frozen=True, eq=False)
+class Fetched:
+    """A successful fetch, its costly pure work done once (off the event loop for a big
+    body): the statuses, their JSON, and how they differ from `base`, the snapshot that
+    was current when the fetch began. `unchanged`: the same statuses as `base`'s."""
+
+    statuses: dict[str, str]
+    unknown: list[str]
+    base: Snapshot | None
+    updates: dict[str, str] | None = None     # None: no base to step from
+    unchanged: bool = False
+    encoded: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def over(cls, base: Snapshot | None, statuses: dict[str, str], unknown: list[str]) -> Fetched:
+        if base is not None and base.statuses == statuses:
+            return cls(base.statuses, unknown, base, {}, True)
+        updates = diff_statuses(base.statuses, statuses) if base is not None else None
+        return cls(statuses, unknown, base, updates, False, json.dumps(statuses))
 
 
 class SingleFlight:
@@ -570,6 +618,16 @@ def decode_status_body(body: bytes) -> dict[str, Any]:
     return extract_unit_statuses(document)
 
 
+def parse_statuses(body: bytes, lookup: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """A client API's body -> (unit -> one of the five statuses, unknown values)."""
+    return normalize_statuses(decode_status_body(body), lookup)
+
+
+def prepare_fetch(body: bytes, lookup: Mapping[str, str], base: Snapshot | None) -> Fetched:
+    """A client API's body, parsed, normalized, encoded and compared with `base`."""
+    return Fetched.over(base, *parse_statuses(body, lookup))
+
+
 def diff_statuses(old: Mapping[str, str], new: Mapping[str, str]) -> dict[str, str]:
     """Units whose visible status changed; a unit that disappeared is sent as hidden."""
     updates = {unit: status for unit, status in new.items() if old.get(unit) != status}
@@ -601,35 +659,52 @@ SELECT ic.api_base_url, ic.status_endpoint, ic.auth_type, ic.auth_credentials::t
 """
 
 
-def _json_column(value: str | None) -> Any:
-    """A json/jsonb/text column read as text -> Python; text may hold JSON twice-encoded."""
+def _json_column(value: str | None, name: str, problems: list[str]) -> Any:
+    """A json/jsonb/text column read as text -> Python (text may hold JSON twice-encoded);
+    None, and why in `problems`, if it is not JSON or nests too deep to be settings."""
     if value is None:
         return None
-    parsed = json.loads(value)
-    if isinstance(parsed, str) and parsed.strip()[:1] in ("{", "["):
-        parsed = json.loads(parsed)
+    try:
+        parsed = json.loads(value)
+        if isinstance(parsed, str) and parsed.strip()[:1] in ("{", "["):
+            parsed = json.loads(parsed)
+    except (ValueError, RecursionError):
+        problems.append(f"{name} is not JSON (or nests too deep)")
+        return None
     return parsed
 
 
-def project_from_row(slug: str, row: tuple, default_poll_interval: float) -> Project:
-    """A row of PROJECT_SQL -> Project. A bad setting makes a project that fails to fetch
-    (with `config_error` saying why), rather than one that does not exist."""
+def _seconds(value: Any, name: str, default: float, problems: list[str]) -> float:
+    """A numeric column as seconds: NULL or <= 0 is the default; NaN, infinity or a value
+    that is no number makes the config unusable (`problems`)."""
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        problems.append(f"{name} is not a finite number")
+        return default
+    return seconds if seconds > 0 else default
+
+
+def project_from_row(slug: str, row: tuple, default_poll_interval: float,
+                     min_poll_interval: float = 0.0) -> Project:
+    """A row of PROJECT_SQL -> Project. Whatever the row holds, a bad setting makes a
+    project that fails to fetch (`config_error` says why), never an exception."""
     base, endpoint, auth_type, raw_credentials, timeout, raw_mapping, interval = row
+    problems: list[str] = []
     url, userinfo = split_userinfo(join_status_url(base, endpoint))
-    timeout = float(timeout) if timeout is not None and timeout > 0 else DEFAULT_TIMEOUT_SECONDS
-    interval = float(interval) if interval is not None and interval > 0 else default_poll_interval
-    headers: dict[str, str] = {}
-    credentials: Any = None
-    problems = []
-    try:
-        credentials = _json_column(raw_credentials)
-    except ValueError:
-        problems.append("auth_credentials is not JSON")
-    try:
-        mapping = _json_column(raw_mapping)
-    except ValueError:
-        problems.append("status_mapping is not JSON")
+    timeout = _seconds(timeout, "timeout_seconds", DEFAULT_TIMEOUT_SECONDS, problems)
+    interval = _seconds(interval, "polling_interval_seconds", default_poll_interval, problems)
+    credentials = _json_column(raw_credentials, "auth_credentials", problems)
+    mapping = _json_column(raw_mapping, "status_mapping", problems)
+    if mapping is not None and not (isinstance(mapping, dict) and all(
+            isinstance(values, (str, list)) for values in mapping.values())):
+        problems.append("status_mapping is not an object of statuses to values")
         mapping = None
+    headers: dict[str, str] = {}
     if not problems:
         try:
             headers = auth_headers(auth_type, credentials, userinfo)
@@ -640,27 +715,28 @@ def project_from_row(slug: str, row: tuple, default_poll_interval: float) -> Pro
         headers = {}
     if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
         problems.append("api_base_url and status_endpoint do not make an http(s) URL")
-    return Project(slug, url, min(timeout, MAX_TIMEOUT_SECONDS), interval, headers,
-                   build_status_lookup(mapping), _secret_strings(credentials, userinfo, headers),
-                   "; ".join(problems) or None)
+    return Project(slug, url, min(timeout, MAX_TIMEOUT_SECONDS), max(interval, min_poll_interval),
+                   headers, build_status_lookup(mapping),
+                   _secret_strings(credentials, userinfo, headers), "; ".join(problems) or None)
 
 
 class ConnectionPool:
-    """At most `size` open connections; a caller waits for a free one.
+    """At most `size` open connections; a caller waits for a free one, DatabaseBusy if
+    none frees up in time (psycopg2's own pools raise at once instead, and keep no idle
+    connections above `minconn`). A connection that raised is closed, never reused."""
 
-    psycopg2's own pools raise instead of waiting, and keep no idle connections
-    above `minconn`. A connection that raised is closed, never handed out again.
-    """
-
-    def __init__(self, connect: Callable[[], Any], size: int):
+    def __init__(self, connect: Callable[[], Any], size: int, wait: float):
         self._connect = connect
         self._idle: list = []
         self._slots = gevent.lock.BoundedSemaphore(size)
+        self._wait = wait
 
     @contextmanager
     def connection(self, fresh: bool = False):
         """A connection for one use; `fresh` drops the idle ones and opens a new one."""
-        with self._slots:
+        if not self._slots.acquire(timeout=self._wait):
+            raise DatabaseBusy("no pooled connection came free")
+        try:
             if fresh:
                 self.discard_idle()
             conn = self._idle.pop() if self._idle else self._connect()
@@ -669,9 +745,10 @@ class ConnectionPool:
             except BaseException:
                 conn.close()
                 raise
-            if conn.closed:
-                return
-            self._idle.append(conn)
+            if not conn.closed:
+                self._idle.append(conn)
+        finally:
+            self._slots.release()
 
     def discard_idle(self) -> None:
         while self._idle:
@@ -684,7 +761,7 @@ class Database:
     def __init__(self, url: str, pool_size: int, timeout: float):
         self._timeout = timeout
         self._params = _connection_params(url, timeout)
-        self._pool = ConnectionPool(self._connect, pool_size)
+        self._pool = ConnectionPool(self._connect, pool_size, wait=timeout)
         self.password: str | None = self._params.get("password")
 
     def __repr__(self) -> str:
@@ -696,21 +773,23 @@ class Database:
         return conn
 
     def fetch_one(self, sql: str, params: tuple = ()) -> tuple | None:
-        """Run one SELECT; DatabaseUnavailable for anything that goes wrong."""
+        """Run one SELECT; DatabaseUnavailable for anything that goes wrong with it, and
+        DatabaseBusy when no pooled connection came free within DB_TIMEOUT."""
         try:
-            with gevent.Timeout(self._timeout, DatabaseUnavailable("the database timed out")):
-                try:
-                    return self._execute(sql, params)
-                except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                    # The pool may have handed out a connection the server had dropped.
-                    # A restart or an idle-connection kill drops them all at once: open
-                    # a new one and try once more.
-                    return self._execute(sql, params, fresh=True)
+            try:
+                return self._execute(sql, params)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                # The pool may have handed out a connection the server had dropped. A
+                # restart or an idle-connection kill drops them all at once: open a new
+                # one and try once more.
+                return self._execute(sql, params, fresh=True)
         except psycopg2.Error as exc:
             raise DatabaseUnavailable(f"{type(exc).__name__} ({exc.pgcode or 'no code'})") from exc
 
     def _execute(self, sql: str, params: tuple, fresh: bool = False) -> tuple | None:
-        with self._pool.connection(fresh) as conn, conn.cursor() as cursor:
+        """The query alone is timed, not the wait for a connection (a crowd is no outage)."""
+        with self._pool.connection(fresh) as conn, conn.cursor() as cursor, gevent.Timeout(
+                self._timeout, DatabaseUnavailable("the database timed out")):
             cursor.execute(sql, params)
             return cursor.fetchone()
 
@@ -738,28 +817,27 @@ def _connection_params(url: str, timeout: float) -> dict[str, Any]:
     return params
 
 
-@dataclass
-class _DirectoryEntry:
-    project: Project | None          # None: no such active project with a config
-    expires_at: float
-
-
 class ProjectDirectory:
     """Project settings by slug, cached for PROJECT_CACHE_TTL, unknown slugs included.
 
-    While the database is unreachable, projects already known are served from the
-    cache however old; a slug never seen raises DatabaseUnavailable.
+    Known projects and unknown slugs are kept apart, each bounded and least recently
+    used first out, so that a flood of made-up slugs evicts only other made-up slugs.
+    While the database is unreachable (or busy), projects already known are served from
+    the cache however old; a slug never seen raises DatabaseUnavailable (DatabaseBusy).
     """
 
     def __init__(self, db: Database, config: Config, metrics: Metrics, redactor: SecretRedactor,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 bounds: tuple[int, int] = (KNOWN_PROJECTS, UNKNOWN_SLUGS)):
         self._db = db
+        self._bounds = bounds
         self._ttl = config.project_cache_ttl
-        self._default_interval = config.default_poll_interval
+        self._intervals = (config.default_poll_interval, config.min_poll_interval)
         self._metrics = metrics
         self._redactor = redactor
         self._clock = clock
-        self._entries: OrderedDict[str, _DirectoryEntry] = OrderedDict()
+        self._known: OrderedDict[str, tuple[Project, float]] = OrderedDict()  # -> (row, expiry)
+        self._unknown: OrderedDict[str, float] = OrderedDict()                # -> expiry
         self._lookups = SingleFlight()       # concurrent lookups of one slug, one query
         self._retry_db_at = -math.inf
         self._db_failing = False
@@ -767,33 +845,44 @@ class ProjectDirectory:
 
     def cached(self, slug: str) -> Project | None:
         """The project if its row is cached and fresh; never touches the database."""
-        entry = self._entries.get(slug)
-        return entry.project if entry is not None and self._clock() < entry.expires_at else None
+        project, expires_at = self._known.get(slug, (None, -math.inf))
+        if self._clock() >= expires_at:
+            return None
+        self._known.move_to_end(slug)
+        return project
 
     def get(self, slug: str) -> Project | None:
+        project = self.cached(slug)
+        if project is not None:
+            return project
         now = self._clock()
-        entry = self._entries.get(slug)
-        if entry is not None and now < entry.expires_at:
-            return entry.project
+        if now < self._unknown.get(slug, -math.inf):
+            self._unknown.move_to_end(slug)
+            return None
         try:
             if now < self._retry_db_at:
                 raise DatabaseUnavailable("the database failed moments ago")
             project = self._lookups.join(slug, lambda: self._load(slug))
-            if isinstance(project, DatabaseUnavailable):
+            if isinstance(project, PublicStatusError):
                 raise project
-        except DatabaseUnavailable:
-            if entry is not None and entry.project is not None:
-                return entry.project
+        except (DatabaseUnavailable, DatabaseBusy):
+            if slug in self._known:
+                return self._known[slug][0]
             raise
-        self._entries[slug] = _DirectoryEntry(project, self._clock() + self._ttl)
-        self._entries.move_to_end(slug)
-        while len(self._entries) > PROJECT_CACHE_ENTRIES:
-            self._entries.popitem(last=False)
+        expires_at = self._clock() + self._ttl
+        if project is None:
+            self._known.pop(slug, None)
+            _remember(self._unknown, slug, expires_at, self._bounds[1])
+        else:
+            self._unknown.pop(slug, None)
+            _remember(self._known, slug, (project, expires_at), self._bounds[0])
         return project
 
-    def _load(self, slug: str) -> Project | DatabaseUnavailable | None:
+    def _load(self, slug: str) -> Project | PublicStatusError | None:
         try:
             row = self._db.fetch_one(PROJECT_SQL, (slug,))
+        except DatabaseBusy as exc:
+            return exc
         except DatabaseUnavailable as exc:
             self._metrics.db_errors.inc()
             self._retry_db_at = self._clock() + DB_RETRY_SECONDS
@@ -807,7 +896,7 @@ class ProjectDirectory:
             log.warning("database reachable again", extra={"event": "db_recovered"})
         if row is None:
             return None
-        project = project_from_row(slug, row, self._default_interval)
+        project = project_from_row(slug, row, *self._intervals)
         self._redactor.add(project.secrets)
         if project.config_error and self._config_errors.get(slug) != project.config_error:
             log.error("project %s: integration config unusable: %s", slug, project.config_error,
@@ -817,6 +906,14 @@ class ProjectDirectory:
         else:
             self._config_errors.pop(slug, None)
         return project
+
+
+def _remember(entries: OrderedDict, key: str, value: Any, bound: int) -> None:
+    """Put `key` last (most recently used); drop the least recently used beyond `bound`."""
+    entries[key] = value
+    entries.move_to_end(key)
+    while len(entries) > bound:
+        entries.popitem(last=False)
 
 
 # --------------------------------------------------------------------------- upstream client
@@ -863,24 +960,33 @@ def auth_headers(
         return {}
     if not isinstance(credentials, Mapping):
         raise ValueError(f"auth_type {kind!r} needs auth_credentials as a JSON object")
+
+    def credential(*names: str) -> str | None:
+        """The first of `names` that is set: a string, or a number as written."""
+        for name in names:
+            value = credentials.get(name)
+            if value in (None, ""):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise ValueError(f"{kind} auth: {name!r} is not a string")
+            return str(value)
+        return None
+
     if kind == "bearer":
-        token = credentials.get("token")
-        if token in (None, ""):
+        if (token := credential("token")) is None:
             raise ValueError("bearer auth needs a 'token'")
         return {"Authorization": f"Bearer {token}"}
     if kind == "api_key":
         name = credentials.get("header") or credentials.get("header_name") or "X-API-Key"
-        key = credentials.get("key", credentials.get("api_key"))
-        if key in (None, ""):
+        if (key := credential("key", "api_key")) is None:
             raise ValueError("api_key auth needs a 'key'")
         if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
             raise ValueError("api_key auth has an invalid header name")
-        return {name: str(key)}
+        return {name: key}
     if kind == "basic":
-        username = credentials.get("username")
-        if username in (None, ""):
+        if (username := credential("username")) is None:
             raise ValueError("basic auth needs a 'username'")
-        return {"Authorization": _basic(str(username), str(credentials.get("password") or ""))}
+        return {"Authorization": _basic(username, credential("password") or "")}
     raise ValueError(f"unknown auth_type {kind!r}")
 
 
@@ -918,30 +1024,36 @@ class HeaderAuth(requests.auth.AuthBase):
         return f"<HeaderAuth {sorted(self._headers)}>"
 
 
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Keep no cookie: client APIs share hosts, and a jar would carry one project's cookie
+    to another's API, and grow with every answer that sets a new one."""
+
+    def set_ok(self, cookie, request) -> bool:
+        return False
+
+    def return_ok(self, cookie, request) -> bool:
+        return False
+
+
 class UpstreamClient:
-    """Fetches a project's raw unit statuses from its client API.
+    """Gets the body of a project's status document from its client API.
 
     The whole fetch is bounded by the project's timeout (requests' own timeout bounds
     each socket read only, so a body trickling in forever would never end) and the
     body by MAX_UPSTREAM_BYTES. Redirects are not followed: requests would carry a
-    custom API-key header along to whatever host the redirect names.
+    custom API-key header along to whatever host the redirect names. One session (its
+    connection pool), and nothing else, is shared by the projects: no cookie is kept.
     """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.session = requests.Session()
         self.session.headers.update({"Accept": "application/json", "User-Agent": "public-status"})
+        self.session.cookies.set_policy(_NoCookies())
 
-    def fetch(self, project: Project) -> dict[str, Any]:
+    def get(self, project: Project) -> bytes:
         if project.config_error:
             raise UpstreamError("config", project.config_error)
-        body = self._get(project)
-        try:
-            return decode_status_body(body)
-        except StatusParseError as exc:
-            raise UpstreamError("bad_body", str(exc)) from None
-
-    def _get(self, project: Project) -> bytes:
         deadline = gevent.Timeout(project.timeout)
         try:
             with deadline, self.session.get(
@@ -1012,7 +1124,7 @@ class Store(Protocol):
     # version, published, only if anything changed).
     def read(self, slug: str) -> tuple[Snapshot | None, float]: ...
     def sync(self, slug: str) -> None: ...
-    def commit(self, slug: str, statuses: dict[str, str]) -> Snapshot: ...
+    def commit(self, slug: str, fetched: Fetched) -> Snapshot: ...
 
     # Fetches: run `do_fetch` as the deployment's one fetch of the project, or join the
     # one under way elsewhere; 0 if a forced refresh may fetch now, else seconds to wait.
@@ -1047,14 +1159,16 @@ class LocalStore(Store):
     def slugs(self) -> list[str]:
         return list(self._stored)
 
-    def commit(self, slug: str, statuses: dict[str, str]) -> Snapshot:
+    def commit(self, slug: str, fetched: Fetched) -> Snapshot:
         previous, _ = self.read(slug)
-        if previous is not None and previous.statuses == statuses:
+        if fetched.base is not previous:  # another commit came in between: compare again
+            fetched = Fetched.over(previous, fetched.statuses, fetched.unknown)
+        if fetched.unchanged:
             self.touch(slug, self._clock())
             return previous
-        snapshot = Snapshot.build(slug, previous.version + 1 if previous else 1, statuses)
-        updates = diff_statuses(previous.statuses, statuses) if previous else None
-        self.install(snapshot, self._clock(), updates)
+        snapshot = Snapshot.build(slug, previous.version + 1 if previous else 1, fetched.statuses,
+                                  fetched.encoded)
+        self.install(snapshot, self._clock(), fetched.updates)
         return snapshot
 
     def install(self, snapshot: Snapshot, fetched_at: float, updates: dict[str, str] | None,
@@ -1091,11 +1205,13 @@ SNAPSHOT_KEY_TTL = 86_400      # a project nobody fetches for a day leaves Redis
 
 # Commit one fetch: a new version only when the statuses changed (compared by digest),
 # then tell every worker, in commit order. The statuses JSON is spliced in as text, so
-# its unit order survives. Returns {version, changed}.
+# its unit order survives. Returns {version, changed}; {version, 2} when the statuses
+# were left out (the worker thought them unchanged) but the digest differs: send them.
 COMMIT_SCRIPT = """
 local old = redis.call('HMGET', KEYS[1], 'version', 'digest')
 local version = tonumber(old[1]) or 0
 local changed = old[2] ~= ARGV[1]
+if changed and ARGV[2] == '' then return {version, 2} end
 if changed then
   version = version + 1
   redis.call('HSET', KEYS[1], 'version', version, 'digest', ARGV[1], 'statuses', ARGV[2],
@@ -1105,6 +1221,7 @@ else
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 local message = '{"slug": ' .. ARGV[6] .. ', "version": ' .. version .. ', "fetched_at": ' .. ARGV[3]
+  .. ', "digest": "' .. ARGV[1] .. '"'
 if changed then message = message .. ', "statuses": ' .. ARGV[2] end
 redis.call('PUBLISH', ARGV[5], message .. '}')
 return {version, changed and 1 or 0}
@@ -1282,6 +1399,7 @@ class RedisStore(Store):
         self._local = LocalStore(on_change, clock=time.time)  # wall time: shared by machines
         self._waiters: dict[str, gevent.event.AsyncResult] = {}  # for another worker's fetch
         self._unsynced: set[str] = set()      # mirrored while Redis was away
+        self._digests: dict[str, str] = {}    # of each mirrored snapshot, as committed
         self._link = RedisLink(url, self._on_message, self._rejoin)
         self._leases = RedisLeases(self._link.client, self._link.me, lease_ttl)
         self._commit = self._link.client.register_script(COMMIT_SCRIPT)
@@ -1300,17 +1418,32 @@ class RedisStore(Store):
     def sync(self, slug: str) -> None:
         self._link.run(lambda: self._load(slug), lambda: None)
 
-    def commit(self, slug: str, statuses: dict[str, str]) -> Snapshot:
+    def commit(self, slug: str, fetched: Fetched) -> Snapshot:
         def shared():
-            fetched_at = time.time()
-            digest = hashlib.sha1(json.dumps(statuses, sort_keys=True).encode()).hexdigest()
-            version, changed = self._commit(
-                keys=[_redis_key("snapshot", slug)],
-                args=[digest, json.dumps(statuses), repr(fetched_at), SNAPSHOT_KEY_TTL,
-                      CHANGES_CHANNEL, json.dumps(slug)])
-            self._adopt(slug, int(version), fetched_at, statuses if changed else None)
+            current = self._local.read(slug)[0]
+            now = fetched if fetched.base is current else Fetched.over(
+                current, fetched.statuses, fetched.unknown)
+            changed = 2
+            if now.unchanged and slug in self._digests:  # Redis checks it, without the JSON
+                digest, encoded = self._digests[slug], ""
+                version, changed, fetched_at = self._commit_script(slug, digest, encoded)
+            if changed == 2:
+                encoded = now.encoded if now.encoded is not None else json.dumps(now.statuses)
+                digest = hashlib.sha1(encoded.encode()).hexdigest()
+                version, changed, fetched_at = self._commit_script(slug, digest, encoded)
+            self._adopt(slug, version, fetched_at, now.statuses if changed else None,
+                        prepared=now, digest=digest)
             return self._local.read(slug)[0]
-        return self._link.run(shared, lambda: self._local.commit(slug, statuses))
+        return self._link.run(shared, lambda: self._local.commit(slug, fetched))
+
+    def _commit_script(self, slug: str, digest: str, encoded: str) -> tuple[int, int, float]:
+        """Run COMMIT_SCRIPT: (version, changed, fetched_at)."""
+        fetched_at = time.time()
+        version, changed = self._commit(
+            keys=[_redis_key("snapshot", slug)],
+            args=[digest, encoded, repr(fetched_at), SNAPSHOT_KEY_TTL, CHANGES_CHANNEL,
+                  json.dumps(slug)])
+        return int(version), int(changed), fetched_at
 
     def fetch(self, slug, timeout, do_fetch):
         if self._link.run(lambda: self._leases.begin_fetch(slug, timeout), lambda: True):
@@ -1344,7 +1477,8 @@ class RedisStore(Store):
     def _on_message(self, message: dict) -> None:
         slug = message["slug"]
         if not message.get("failed"):
-            self._adopt(slug, message["version"], message["fetched_at"], message.get("statuses"))
+            self._adopt(slug, message["version"], message["fetched_at"], message.get("statuses"),
+                        digest=message.get("digest"))
         waiter = self._waiters.pop(slug, None)
         if waiter is not None:
             waiter.set(None if message.get("failed") else self._local.read(slug)[0])
@@ -1362,12 +1496,15 @@ class RedisStore(Store):
         if not stored:
             return False
         self._adopt(slug, int(stored[b"version"]), float(stored[b"fetched_at"]),
-                    json.loads(stored[b"statuses"]), force)
+                    json.loads(stored[b"statuses"]), force, digest=stored[b"digest"].decode())
         return True
 
     def _adopt(self, slug: str, version: int, fetched_at: float,
-               statuses: dict[str, str] | None, force: bool = False) -> None:
-        """Bring the mirror up to a committed version; `statuses` None: unchanged."""
+               statuses: dict[str, str] | None, force: bool = False,
+               prepared: Fetched | None = None, digest: str | None = None) -> None:
+        """Bring the mirror up to a committed version (`digest`, if told, is its
+        statuses'); `statuses` None: unchanged. `prepared`: this worker's own fetch, its
+        diff and JSON made already."""
         current, _ = self._local.read(slug)
         force = force or slug in self._unsynced
         if current is not None and not force and version <= current.version:
@@ -1378,10 +1515,16 @@ class RedisStore(Store):
             self._load(slug, force)  # a change this worker missed
             return
         self._unsynced.discard(slug)
+        if digest is not None:
+            self._digests[slug] = digest
         in_step = current is not None and not force and version == current.version + 1
-        updates = diff_statuses(current.statuses, statuses) if in_step else None
-        self._local.install(Snapshot.build(slug, version, statuses), fetched_at, updates,
-                            resync=force and current is not None)
+        own = prepared is not None and prepared.base is current
+        if in_step:
+            updates = prepared.updates if own else diff_statuses(current.statuses, statuses)
+        else:
+            updates = None
+        self._local.install(Snapshot.build(slug, version, statuses, prepared.encoded if own else None),
+                            fetched_at, updates, resync=force and current is not None)
 
 
 def make_store(config: Config, on_change: Callable[..., None],
@@ -1396,6 +1539,8 @@ class _FetchState:
     """This worker's bookkeeping of one project's fetches."""
 
     failures: int = 0                 # failed fetches in a row
+    parsed: tuple = ()                # (body digest, status lookup) of `committed`
+    committed: Snapshot | None = None # what this worker's last successful fetch made
     retry_at: float = -math.inf       # after a failure, GETs wait for this before fetching
     poll_due_at: float = -math.inf    # when the poller fetches next
     unknown_logged: set = field(default_factory=set)
@@ -1482,23 +1627,41 @@ class StatusService:
     def _fetch_here(self, project: Project, state: _FetchState) -> Snapshot | UpstreamError:
         started = self.clock()
         try:
-            statuses, unknown = normalize_statuses(self.client.fetch(project), project.status_lookup)
+            fetched, parsed = self._prepare(project, state, self.client.get(project))
         except UpstreamError as exc:
             error = exc
         except Exception as exc:  # a bug of ours: log it, keep serving what we have
             log.exception("project %s: fetch crashed", project.slug, extra={"project": project.slug})
             error = UpstreamError("error", type(exc).__name__)
         else:
-            return self._record_success(project, state, statuses, unknown, started)
+            snapshot = self._record_success(project, state, fetched, started)
+            state.parsed, state.committed = parsed, snapshot
+            return snapshot
         self._record_failure(project, state, error, started)
         return error
 
-    def _record_success(self, project: Project, state: _FetchState, statuses: dict[str, str],
-                        unknown: list[str], started: float) -> Snapshot:
+    def _prepare(self, project: Project, state: _FetchState, body: bytes) -> tuple[Fetched, tuple]:
+        """The fetched statuses, and what they were parsed from. The body this worker's
+        last snapshot came from costs no parse; a big one is parsed, encoded and compared
+        in a thread, so that the worker serves on meanwhile (sharing the GIL)."""
+        parsed = (hashlib.blake2b(body, digest_size=16).digest(), project.status_lookup)
+        current = self.store.read(project.slug)[0]
+        if parsed == state.parsed and current is not None and current is state.committed:
+            return Fetched(current.statuses, [], current, {}, True), parsed
+        try:
+            if len(body) < PARSE_IN_THREAD_BYTES:
+                return prepare_fetch(body, project.status_lookup, current), parsed
+            return gevent.get_hub().threadpool.apply(
+                prepare_fetch, (body, project.status_lookup, current)), parsed
+        except StatusParseError as exc:
+            raise UpstreamError("bad_body", str(exc)) from None
+
+    def _record_success(self, project: Project, state: _FetchState, fetched: Fetched,
+                        started: float) -> Snapshot:
         now = self.clock()
         self.metrics.upstream_requests.labels("ok").inc()
         self.metrics.upstream_seconds.observe(now - started)
-        self._log_unknown(project.slug, state, unknown)
+        self._log_unknown(project.slug, state, fetched.unknown)
         if state.failures:
             log.warning("project %s: client API recovered after %d failed fetches",
                         project.slug, state.failures,
@@ -1506,7 +1669,7 @@ class StatusService:
         state.failures = 0
         state.retry_at = -math.inf
         state.poll_due_at = now + project.poll_interval
-        return self.store.commit(project.slug, statuses)
+        return self.store.commit(project.slug, fetched)
 
     def _record_failure(self, project: Project, state: _FetchState, error: UpstreamError,
                         started: float) -> None:
@@ -1540,16 +1703,20 @@ class StatusService:
         """The poller of one project: fetches at its interval while this worker holds the
         project's poll lease (always, without Redis); returns when the project is gone.
         The fanout runs it while the project has subscribers, and kills it after."""
+        settings = None
         try:
             while True:
                 try:
                     project = self.directory.get(slug)
-                except DatabaseUnavailable:
+                except (DatabaseUnavailable, DatabaseBusy):
                     self._sleep(DB_RETRY_SECONDS)  # the directory logs it; streams stay open
                     continue
                 if project is None:
                     log.info("project %s is gone; closing its streams", slug, extra={"project": slug})
                     return
+                if settings is not None and project != settings:
+                    self._states[slug].poll_due_at = -math.inf  # fixed, say: try it now
+                settings = project
                 turn = self.store.poll_turn(slug)
                 if turn > 0:  # another worker polls it; ask again when its lease may lapse
                     self._sleep(turn)
@@ -1795,8 +1962,18 @@ class Fanout:
             stream.end()
 
     def _run_poller(self, slug: str) -> None:
-        self._poll(slug)
-        self.close_project(slug)  # the project is gone
+        """The project's poller while it has streams, supervised: started again after a
+        crash (a bug of ours, logged); when it returns, the project is gone."""
+        while slug in self._channels:
+            try:
+                self._poll(slug)
+            except Exception:
+                log.exception("project %s: poller crashed; starting it again", slug,
+                              extra={"project": slug, "event": "poller_crashed"})
+                gevent.sleep(POLLER_RESTART_SECONDS)
+                continue
+            self.close_project(slug)
+            return
 
     def _ping_forever(self) -> None:
         while self._channels:
@@ -1832,12 +2009,23 @@ def _public() -> PublicStatus:
     return current_app.extensions["public_status"]
 
 
+@routes.before_app_request
+def refuse_bodies():
+    """No route reads a request body: a declared large one is refused before any byte of
+    it is read, and a connection that sent one unread (chunked) is not reused."""
+    if (request.content_length or 0) > REQUEST_BODY_LIMIT:
+        return json_error(413, "request body too large")
+    return None
+
+
 @routes.after_app_request
 def public_headers(response: Response) -> Response:
     """Every answer is public and live: any origin may read it (the board may be served
     from elsewhere), and no cache may keep it, error answers included."""
     for name, value in _public().public_headers:
         response.headers.setdefault(name, value)
+    if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", ""):
+        response.headers["Connection"] = "close"
     return response
 
 
@@ -1863,6 +2051,7 @@ def _find_project(slug: str) -> Project:
 PUBLIC_ERRORS: Mapping[type, tuple[int, str]] = {
     ProjectNotFound: (404, "project not found"),
     DatabaseUnavailable: (503, "service temporarily unavailable"),
+    DatabaseBusy: (503, "service busy"),
     NoSnapshot: (503, "statuses not available yet"),
     RefreshLimited: (429, "refreshed too recently"),
 }
@@ -1893,10 +2082,14 @@ def stream_status(slug: str):
     retry_ms = public.config.sse_retry_ms
     try:
         project = _find_project(slug)
-        stream = Stream(public.fanout, project.slug, _client_socket(request.environ),
-                        public.store.read, retry_ms)
-        public.fanout.subscribe(stream)
-    except (DatabaseUnavailable, StreamsFull):
+        if project.config_error and public.store.read(slug)[0] is None:
+            raise StreamsFull()  # nothing to show until its config is fixed: come back
+        stream: Any = iter(())   # a HEAD asks whether a stream would open, and opens none
+        if request.method != "HEAD":
+            stream = Stream(public.fanout, project.slug, _client_socket(request.environ),
+                            public.store.read, retry_ms)
+            public.fanout.subscribe(stream)
+    except (DatabaseUnavailable, DatabaseBusy, StreamsFull):
         return come_back_later(retry_ms)
     response = Response(stream, 200, content_type="text/event-stream", direct_passthrough=True)
     # The SPEC's keep-alive; an HTTP/1.0 body ends when the connection does.
@@ -1906,19 +2099,14 @@ def stream_status(slug: str):
     return response
 
 
-def _connection(environ: Mapping[str, Any]) -> socket.socket | None:
-    """The request's client socket: gunicorn's gevent worker names it `gunicorn.socket`,
-    its gevent_pywsgi worker `gunicorn.sock`; other servers give none."""
-    sock = environ.get("gunicorn.socket") or environ.get("gunicorn.sock")
-    return sock if hasattr(sock, "fileno") else None
-
-
 def _client_socket(environ: Mapping[str, Any]) -> socket.socket | None:
-    """The socket a stream may watch: none where the connection is shared by several
-    streams (HTTP/2)."""
+    """The socket a stream may watch: gunicorn's gevent worker names it `gunicorn.socket`,
+    its gevent_pywsgi worker `gunicorn.sock`; none from other servers, nor where several
+    streams share the connection (HTTP/2)."""
     if environ.get("HTTP_VERSION") == "2" or environ.get("SERVER_PROTOCOL", "").startswith("HTTP/2"):
         return None
-    return _connection(environ)
+    sock = environ.get("gunicorn.socket") or environ.get("gunicorn.sock")
+    return sock if hasattr(sock, "fileno") else None
 
 
 @routes.get("/")
@@ -1938,6 +2126,8 @@ def healthz():
 def readyz():
     try:
         _public().db.fetch_one("SELECT 1")
+    except DatabaseBusy:
+        pass  # every connection is answering queries: the database is there
     except DatabaseUnavailable:
         return json_error(503, "database unavailable")
     return Response(json.dumps({"status": "ready"}), 200, content_type="application/json")
@@ -1982,7 +2172,8 @@ class WarmStatusFastPath:
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         if (environ["REQUEST_METHOD"] == "GET" and path.startswith(self.PREFIX)
-                and path.endswith(self.SUFFIX)):
+                and path.endswith(self.SUFFIX) and environ.get("CONTENT_LENGTH") in (None, "", "0")
+                and "HTTP_TRANSFER_ENCODING" not in environ):
             slug = path[len(self.PREFIX):-len(self.SUFFIX)]
             if self._directory.cached(slug) is not None:
                 snapshot, age = self._store.read(slug)
@@ -1995,27 +2186,185 @@ class WarmStatusFastPath:
         return self._wsgi_app(environ, start_response)
 
 
-class ConnectionTracker:
-    """WSGI middleware remembering (weakly) every client connection: at shutdown, shutting
-    their read side ends the idle ones (pywsgi never times them out, and a stopping worker
-    waits for all) and lets a busy one finish its response first."""
+class ClientTooSlow(OSError):
+    """A client kept a connection idle, or sent its request head, for too long. An
+    OSError, so that pywsgi ends the connection quietly, as if the client had left."""
 
-    def __init__(self, wsgi_app):
-        self._wsgi_app = wsgi_app
-        self._connections: weakref.WeakSet = weakref.WeakSet()
 
-    def __call__(self, environ, start_response):
-        sock = _connection(environ)
-        if sock is not None:
-            self._connections.add(sock)
-        return self._wsgi_app(environ, start_response)
+class RequestRefused(PublicStatusError):
+    """A request head over its bounds, or a body too large: answered, then closed."""
 
-    def end_idle_connections(self) -> None:
-        for sock in list(self._connections):
-            try:
-                sock.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass  # already closed
+    REASONS = {413: "Content Too Large", 414: "URI Too Long",
+               431: "Request Header Fields Too Large"}
+
+    def __init__(self, status: int):
+        super().__init__(f"{status} {self.REASONS[status]}")
+        body = json.dumps({"error": self.REASONS[status].lower()}).encode()
+        self.status = str(status)
+        self.response = (f"HTTP/1.1 {status} {self.REASONS[status]}\r\nConnection: close\r\n"
+                         f"Content-Type: application/json\r\nCache-Control: no-store\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+class _BoundedInput(gevent.pywsgi.Input):
+    """A request body, of which what the app left unread is read, to keep the connection,
+    only up to REQUEST_BODY_LIMIT: past it the connection is dropped, not read forever."""
+
+    __slots__ = ()
+
+    def _discard(self):
+        if self._chunked_input_error or not (
+                self.chunked_input or self.position < (self.content_length or 0)):
+            return
+        left = REQUEST_BODY_LIMIT
+        while left > 0:
+            data = self.read(min(left, 16384))
+            if not data:
+                return
+            left -= len(data)
+        raise ClientTooSlow(errno.ECONNRESET, "request body left unread")
+
+
+class ConnectionGuard:
+    """The edge of a worker exposed to anyone, on gevent's pywsgi (the Procfile's worker),
+    which has none of it: a head or idle time limit, bounds on the request head, or a stop
+    to reading an unwanted body. gunicorn.conf.py gives the worker `handler_class()`.
+
+    A connection is *waiting* from its accept, or the end of its last response, until its
+    next request head is in: *idle* until the first byte of it comes, then *reading*. The
+    head must be in within HEADER_TIMEOUT (of the accept for the first request, of its
+    first byte for the next ones), and an idle keep-alive connection lasts
+    KEEPALIVE_TIMEOUT. Near the worker's connection cap, each new connection evicts the
+    longest idle one, never a stream or a request in progress; at shutdown every waiting
+    connection is let go at once.
+    """
+
+    def __init__(self, config: Config):
+        self._header_timeout = config.header_timeout
+        self._keepalive_timeout = config.keepalive_timeout
+        self._idle: OrderedDict[Any, None] = OrderedDict()  # handlers, longest idle first
+        self._reading: set = set()
+        self._open = 0
+        self.closing = False
+
+    def handler_class(self, base: type, max_connections: int) -> type:
+        """A subclass of pywsgi's handler (gunicorn's, `base`) that keeps the edge."""
+        guard, crowded = self, max_connections - max(10, max_connections // 100)
+
+        class GuardedHandler(base):
+            requests_read = 0
+            refused: RequestRefused | None = None
+
+            def handle(self):
+                guard._open += 1
+                if guard._open > crowded and guard._idle:
+                    guard._hang_up(guard._idle.popitem(last=False)[0])
+                try:
+                    super().handle()
+                finally:
+                    guard._open -= 1
+                    guard._idle.pop(self, None)
+                    guard._reading.discard(self)
+
+            def read_requestline(self):
+                return guard._read_head(self)
+
+            def MessageClass(self, fp, *args):
+                # The head is in and bounded already: parse it as pywsgi would, without
+                # http.client's own limit (99 fields, where gunicorn allows 100).
+                return email.parser.Parser(_class=gevent.pywsgi.OldMessage).parsestr(
+                    self.head.decode("iso-8859-1"))
+
+            def read_request(self, raw_requestline):
+                if self.refused is None:
+                    super().read_request(raw_requestline)
+                    if (self.content_length or 0) > REQUEST_BODY_LIMIT:
+                        self.refused = RequestRefused(413)
+                if self.refused is not None:
+                    raise self.refused
+                return True
+
+            def _handle_client_error(self, ex):
+                if isinstance(ex, RequestRefused):
+                    return ex.status, ex.response
+                return super()._handle_client_error(ex)
+
+            def get_environ(self):
+                environ = super().get_environ()
+                self.wsgi_input.__class__ = _BoundedInput
+                return environ
+
+            def finalize_headers(self):
+                super().finalize_headers()
+                if self.command == "HEAD":
+                    self.response_use_chunked = False  # no body, not even its last chunk
+
+            def log_request(self):
+                if self.environ is None:  # refused before a request was read
+                    address = self.client_address
+                    self.environ = {"REQUEST_METHOD": "-", "RAW_URI": "-", "SERVER_PROTOCOL": "-",
+                                    "REMOTE_ADDR": address[0] if isinstance(address, tuple) else "-"}
+                    self.response_headers = self.response_headers or []
+                super().log_request()
+
+        return GuardedHandler
+
+    def _read_head(self, handler) -> str:
+        """Wait for the next request and read its head; its request line, or "" to close.
+        The head is kept for `MessageClass`; a head over its bounds is refused after."""
+        first, handler.requests_read = handler.requests_read == 0, handler.requests_read + 1
+        if self.closing:
+            return ""
+        started = time.monotonic()
+        self._idle[handler] = None
+        try:
+            with gevent.Timeout(self._header_timeout if first else self._keepalive_timeout,
+                                ClientTooSlow()):
+                if not handler.rfile.peek(1) or self.closing:
+                    return ""
+        finally:
+            self._idle.pop(handler, None)
+        self._reading.add(handler)
+        try:
+            left = (started if first else time.monotonic()) + self._header_timeout - time.monotonic()
+            with gevent.Timeout(max(left, 0.001), ClientTooSlow()):
+                return self._read_bounded_head(handler)
+        finally:
+            self._reading.discard(handler)
+
+    @staticmethod
+    def _read_bounded_head(handler) -> str:
+        line = handler.rfile.readline(REQUEST_LINE_LIMIT + 3)
+        if not line.endswith(b"\n") or len(line.rstrip(b"\r\n")) > REQUEST_LINE_LIMIT:
+            if len(line) <= REQUEST_LINE_LIMIT:
+                return ""                              # the client left mid-line
+            handler.refused = RequestRefused(414)
+            return line[:REQUEST_LINE_LIMIT].decode("latin-1")
+        fields = []
+        while (field := handler.rfile.readline(HEADER_FIELD_LIMIT + 1)) not in (b"\r\n", b"\n"):
+            if not field.endswith(b"\n"):
+                if len(field) <= HEADER_FIELD_LIMIT:
+                    return ""
+                handler.refused = RequestRefused(431)
+                break
+            fields.append(field)
+            if len(field.rstrip(b"\r\n")) + 2 > HEADER_FIELD_LIMIT or len(fields) > HEADER_FIELDS_LIMIT:
+                handler.refused = RequestRefused(431)
+                break
+        handler.head = b"".join(fields) + b"\r\n"
+        return line.decode("latin-1")
+
+    def _hang_up(self, handler) -> None:
+        try:
+            handler.socket.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass  # already gone
+
+    def let_go(self) -> None:
+        """Shutting down: end every waiting connection now; busy ones finish first."""
+        self.closing = True
+        for handler in [*self._idle, *self._reading]:
+            self._hang_up(handler)
 
 
 # --------------------------------------------------------------------------- app factory
@@ -2034,15 +2383,14 @@ class PublicStatus:
     redactor: SecretRedactor
     board_page: bytes
     public_headers: tuple[tuple[str, str], ...]
-    connections: ConnectionTracker | None = None
+    connections: ConnectionGuard
 
     def shutdown(self) -> None:
         """SIGTERM: end every stream, stop the pollers and give back their leases, let
-        idle connections go."""
+        waiting connections go."""
         self.fanout.close()
         self.store.close()
-        if self.connections is not None:
-            self.connections.end_idle_connections()
+        self.connections.let_go()
         self.db.close()
 
 
@@ -2071,9 +2419,8 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     headers = (("Access-Control-Allow-Origin", config.cors_allow_origin),  # public_headers()
                ("Access-Control-Expose-Headers", "Retry-After"), ("Cache-Control", "no-store"))
     public = PublicStatus(config, db, directory, store, service, fanout, metrics, redactor,
-                          board_page, headers)
+                          board_page, headers, ConnectionGuard(config))
     app.extensions["public_status"] = public
     app.register_blueprint(routes)
-    public.connections = ConnectionTracker(WarmStatusFastPath(app.wsgi_app, public))
-    app.wsgi_app = public.connections
+    app.wsgi_app = WarmStatusFastPath(app.wsgi_app, public)
     return app

@@ -130,6 +130,7 @@ FAST = {
     "SSE_PING_INTERVAL": "0.5",
     "SSE_RETRY_MS": "250",
     "DEFAULT_POLL_INTERVAL": "0.2",
+    "MIN_POLL_INTERVAL": "0.05",
     "REFRESH_MIN_INTERVAL": "1",
     "PROJECT_CACHE_TTL": "0.2",
     "DB_TIMEOUT": "2",
@@ -152,8 +153,9 @@ def start_service(pg):
     """Start the real service under gunicorn; every one started is stopped afterwards."""
     started: list[Service] = []
 
-    def start(port: int = 0, **env) -> Service:
-        service = Service({"DATABASE_URL": pg.reader_url, **FAST, **env}, port=port)
+    def start(port: int = 0, extra_args: list[str] | None = None, **env) -> Service:
+        service = Service({"DATABASE_URL": pg.reader_url, **FAST, **env}, port=port,
+                          extra_args=extra_args)
         started.append(service)
         return service
 

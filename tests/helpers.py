@@ -36,6 +36,7 @@ class Route:
     declare_length: bool = True    # False: no Content-Length, the body ends at close
     content_type: str = "application/json"
     bodies: list = field(default_factory=list)   # if set, answered in turn, cycling
+    cookies_per_answer: int = 0    # new cookies (never seen names) set by every answer
     served: int = 0
 
 
@@ -112,6 +113,8 @@ class Upstream:
                             time.sleep(1)
                     except OSError:
                         return
+                for n in range(route.cookies_per_answer):
+                    self.send_header("Set-Cookie", f"c{route.served}x{n}={'v' * 40}; Path=/")
                 self.send_header("Content-Type", route.content_type)
                 if route.declare_length:
                     self.send_header("Content-Length", str(len(body)))

@@ -155,3 +155,32 @@ def test_known_projects_outlive_a_database_outage(pg):
     assert directory.get(unknown) is None
     db.close()
     proxy.cut()
+
+
+def test_a_flood_of_unknown_slugs_evicts_no_known_project(pg):
+    """Known rows and unknown slugs are bounded apart, least recently used out first: a
+    flood of made-up slugs cannot push out a project in use, which then outlives an
+    outage of the database."""
+    proxy = TcpProxy(5432)
+    clock = FakeClock()
+    url = pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    config = Config.from_env({"DATABASE_URL": url, "PROJECT_CACHE_TTL": "30", "DB_TIMEOUT": "2"})
+    db = Database(config.database_url, 1, 2.0)
+    directory = ProjectDirectory(db, config, Metrics(), SecretRedactor(), clock, bounds=(2, 5))
+    used, idle, third = (pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
+                         for _ in range(3))
+    assert directory.get(used) and directory.get(idle)
+    for n in range(20):
+        assert directory.get(f"made-up-{n}") is None
+    clock.now += 10
+    assert directory.cached(used) is not None          # a hit: now the most recently used
+    assert directory.get(third) is not None            # one more known row: `idle` goes
+    proxy.cut()
+    clock.now += 31                                    # every row expired, the database away
+    assert directory.get(used).slug == used
+    assert directory.get(third).slug == third
+    with pytest.raises(DatabaseUnavailable):
+        directory.get(idle)                            # evicted, so never seen
+    db.close()
+    proxy.cut()
+

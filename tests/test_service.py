@@ -7,6 +7,7 @@ import re
 import gevent
 import pytest
 
+import public_service
 from helpers import FakeClock
 from public_service import (
     Config,
@@ -272,6 +273,29 @@ def test_the_poller_returns_when_the_project_is_gone(poller, pg, upstream, caplo
     assert running.successful()
     assert sum(poller.sleeps) <= 35                     # seen within PROJECT_CACHE_TTL
     assert any("is gone" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("body", [b"<html>", b"", b'"open"', b'[{"unit": "A1"}]'])
+def test_a_body_that_is_no_status_document_is_a_failed_fetch(service, project, upstream, body):
+    upstream.set(f"/{project.slug}", body)
+    with pytest.raises(NoSnapshot):
+        service.status(project)
+    assert service.metrics.upstream_requests.labels("bad_body")._value.get() == 1
+
+
+def test_an_unchanged_body_is_not_parsed_again(service, project, upstream, clock, monkeypatch):
+    """Counting calls of the parser (which still runs): the same bytes are not parsed."""
+    parses = []
+    parse = public_service.parse_statuses
+    monkeypatch.setattr(public_service, "parse_statuses", lambda *args: parses.append(1) or parse(*args))
+    first = service.status(project)
+    clock.now += 31
+    assert service.status(project) is first               # fetched again, the same bytes
+    assert upstream.count(f"/{project.slug}") == 2 and len(parses) == 1
+    upstream.set_statuses(f"/{project.slug}", {"A1": "open", "A2": "closed"})
+    clock.now += 31
+    assert service.status(project).statuses["A2"] == "sold"
+    assert len(parses) == 2
 
 
 def test_unknown_values_are_logged_once_per_project_and_value(service, project, upstream, clock, caplog):

@@ -29,54 +29,54 @@ def mock(client):
         yield mocker
 
 
-def test_fetch_joins_the_url_and_parses(client, mock):
+def test_get_joins_the_url_and_returns_the_body(client, mock):
     mock.get(BASE + "/units", json={"A1": "open"})
-    assert client.fetch(make_project()) == {"A1": "open"}
+    assert json.loads(client.get(make_project())) == {"A1": "open"}
     assert mock.last_request.headers["Accept"] == "application/json"
     assert "Authorization" not in mock.last_request.headers
 
 
 def test_bearer_header(client, mock):
     mock.get(BASE + "/units", json={})
-    client.fetch(make_project("bearer", {"token": "tok-123"}))
+    client.get(make_project("bearer", {"token": "tok-123"}))
     assert mock.last_request.headers["Authorization"] == "Bearer tok-123"
 
 
 def test_api_key_header(client, mock):
     mock.get(BASE + "/units", json={})
-    client.fetch(make_project("api_key", {"header": "X-Client-Key", "key": "k-456"}))
+    client.get(make_project("api_key", {"header": "X-Client-Key", "key": "k-456"}))
     assert mock.last_request.headers["X-Client-Key"] == "k-456"
-    client.fetch(make_project("api_key", {"api_key": "k-789"}))
+    client.get(make_project("api_key", {"api_key": "k-789"}))
     assert mock.last_request.headers["X-API-Key"] == "k-789"
 
 
 def test_basic_header(client, mock):
     mock.get(BASE + "/units", json={})
-    client.fetch(make_project("basic", {"username": "ann", "password": "pw"}))
+    client.get(make_project("basic", {"username": "ann", "password": "pw"}))
     assert mock.last_request.headers["Authorization"] == "Basic " + base64.b64encode(b"ann:pw").decode()
 
 
 def test_userinfo_in_the_base_url_becomes_basic_auth_and_leaves_the_url(client, mock):
     mock.get(BASE + "/units", json={})
-    client.fetch(make_project(base="https://ann:pw@client.example.com/api"))
+    client.get(make_project(base="https://ann:pw@client.example.com/api"))
     assert mock.last_request.url == BASE + "/units"
     assert mock.last_request.headers["Authorization"] == "Basic " + base64.b64encode(b"ann:pw").decode()
 
 
 def test_configured_auth_wins_over_userinfo(client, mock):
     mock.get(BASE + "/units", json={})
-    client.fetch(make_project("bearer", {"token": "t"}, base="https://ann:pw@client.example.com/api"))
+    client.get(make_project("bearer", {"token": "t"}, base="https://ann:pw@client.example.com/api"))
     assert mock.last_request.headers["Authorization"] == "Bearer t"
 
 
 def test_absolute_endpoint_is_used_as_is(client, mock):
     mock.get("https://elsewhere.example.com/s", json={"B1": "sold"})
-    assert client.fetch(make_project(endpoint="https://elsewhere.example.com/s")) == {"B1": "sold"}
+    assert json.loads(client.get(make_project(endpoint="https://elsewhere.example.com/s"))) == {"B1": "sold"}
 
 
 def test_timeout_is_passed_to_requests(client, mock):
     mock.get(BASE + "/units", json={})
-    client.fetch(make_project(timeout=2.5))
+    client.get(make_project(timeout=2.5))
     assert mock.last_request.timeout == 2.5
 
 
@@ -84,7 +84,7 @@ def test_timeout_is_passed_to_requests(client, mock):
 def test_http_errors(client, mock, status):
     mock.get(BASE + "/units", status_code=status, text="oops")
     with pytest.raises(UpstreamError) as raised:
-        client.fetch(make_project())
+        client.get(make_project())
     assert (raised.value.outcome, raised.value.detail) == ("http_error", f"HTTP {status}")
 
 
@@ -92,7 +92,7 @@ def test_redirects_are_not_followed(client, mock):
     mock.get(BASE + "/units", status_code=302, headers={"Location": "https://evil.example.com/"})
     mock.get("https://evil.example.com/", json={})
     with pytest.raises(UpstreamError, match="HTTP 302"):
-        client.fetch(make_project("api_key", {"key": "k"}))
+        client.get(make_project("api_key", {"key": "k"}))
     assert mock.call_count == 1
 
 
@@ -106,23 +106,33 @@ def test_redirects_are_not_followed(client, mock):
 def test_transport_errors(client, mock, exception, outcome):
     mock.get(BASE + "/units", exc=exception("https://secret@client.example.com/api/units?key=x"))
     with pytest.raises(UpstreamError) as raised:
-        client.fetch(make_project())
+        client.get(make_project())
     assert raised.value.outcome == outcome
     assert "secret" not in str(raised.value) and "key=x" not in str(raised.value)
 
 
 @pytest.mark.parametrize("body", [b"<html>", b"", b'"open"', b'[{"unit": "A1"}]'])
-def test_bad_bodies(client, mock, body):
+def test_any_body_of_a_2xx_is_returned_as_it_came(client, mock, body):
     mock.get(BASE + "/units", content=body)
-    with pytest.raises(UpstreamError) as raised:
-        client.fetch(make_project())
-    assert raised.value.outcome == "bad_body"
+    assert client.get(make_project()) == body      # judging it is the service's job
+
+
+def test_no_cookie_is_kept_or_sent(client, mock):
+    """Two projects' client APIs on one host: what one sets never reaches the other."""
+    cookies = "; ".join(f"c{i}=v{i}" for i in range(3))
+    mock.get(BASE + "/units", json={}, headers={"Set-Cookie": f"session=abc123; Path=/; {cookies}"})
+    mock.get(BASE + "/other", json={})
+    for _ in range(3):
+        client.get(make_project())
+    client.get(make_project(endpoint="other"))
+    assert len(client.session.cookies) == 0
+    assert all("Cookie" not in request.headers for request in mock.request_history)
 
 
 def test_declared_oversized_body(client, mock):
     mock.get(BASE + "/units", content=b"{}", headers={"Content-Length": "1001"})
     with pytest.raises(UpstreamError) as raised:
-        client.fetch(make_project())
+        client.get(make_project())
     assert raised.value.outcome == "too_large"
 
 
@@ -131,7 +141,7 @@ def test_streamed_oversized_body(client, mock):
     assert len(body) > 1000
     mock.get(BASE + "/units", content=body)
     with pytest.raises(UpstreamError) as raised:
-        client.fetch(make_project())
+        client.get(make_project())
     assert raised.value.outcome == "too_large"
 
 
@@ -139,11 +149,11 @@ def test_body_at_the_limit_is_fine():
     client = UpstreamClient(max_bytes=len(b'{"A": "open"}'))
     with rm.Mocker(session=client.session) as mock:
         mock.get(BASE + "/units", content=b'{"A": "open"}')
-        assert client.fetch(make_project()) == {"A": "open"}
+        assert client.get(make_project()) == b'{"A": "open"}'
 
 
 def test_unusable_config_fails_without_a_request(client, mock):
     with pytest.raises(UpstreamError) as raised:
-        client.fetch(make_project("bearer", None))
+        client.get(make_project("bearer", None))
     assert raised.value.outcome == "config"
     assert mock.call_count == 0

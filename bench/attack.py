@@ -1,0 +1,423 @@
+"""`make attack`: the edge findings, probed as an attacker would, with their figures.
+
+Each probe of the "Hold the edge" issue runs against the Procfile's command (one
+worker, loopback), and prints what it measured. Run it on two checkouts to compare:
+
+    python bench/attack.py                 # this checkout
+    python bench/attack.py --root ../old   # another one (its public_service, wsgi, Procfile)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import selectors
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg2
+import requests
+
+HERE = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(HERE / "tests"), str(HERE)]
+from helpers import Upstream  # noqa: E402
+
+ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DATABASE, ROLE = "public_status_attack", "public_status_attack_reader"
+
+
+def prepare_database() -> tuple[str, psycopg2.extensions.connection]:
+    admin = psycopg2.connect(ADMIN_URL)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        cursor.execute(f"DROP ROLE IF EXISTS {ROLE}")
+        cursor.execute(f"CREATE ROLE {ROLE} LOGIN")
+        cursor.execute(f"CREATE DATABASE {DATABASE}")
+    admin.close()
+    conn = psycopg2.connect(ADMIN_URL.rsplit("/", 1)[0] + f"/{DATABASE}")
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute((HERE / "schema.sql").read_text())
+        cursor.execute(f"GRANT SELECT ON projects, integration_configs TO {ROLE}")
+    return f"postgresql://{ROLE}@127.0.0.1:5432/{DATABASE}", conn
+
+
+def add_project(conn, slug, base_url, interval=None, timeout=None) -> str:
+    with conn.cursor() as cursor:
+        cursor.execute("INSERT INTO projects (slug) VALUES (%s) RETURNING id", (slug,))
+        cursor.execute(
+            "INSERT INTO integration_configs (project_id, api_base_url, status_endpoint, "
+            "polling_interval_seconds, timeout_seconds) VALUES (%s, %s, %s, %s, %s)",
+            (cursor.fetchone()[0], base_url, f"/{slug}", interval, timeout))
+    return slug
+
+
+class Service:
+    """The Procfile's command from `root`, on a free loopback port."""
+
+    def __init__(self, root: Path, env: dict, extra: list[str] = ()):
+        line = next(x for x in (root / "Procfile").read_text().splitlines() if x.startswith("web:"))
+        args = [a for a in shlex.split(line[4:])[1:] if not a.startswith("0.0.0.0:") and a != "--bind"]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [a for a in args if a not in ("--access-logfile", "-")]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", *args, *extra, "--bind", f"127.0.0.1:{self.port}"],
+            cwd=root, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True).start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise SystemExit("the service did not start")
+
+    def worker(self) -> int:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return int(children[0])
+
+    def rss_kb(self) -> int:
+        status = Path(f"/proc/{self.worker()}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+
+    def stop(self) -> float:
+        started = time.monotonic()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return time.monotonic() - started
+
+
+def timed_get(url: str, timeout: float = 10, method: str = "GET") -> tuple[float, str]:
+    started = time.monotonic()
+    try:
+        status = str(requests.request(method, url, timeout=timeout).status_code)
+    except requests.RequestException as exc:
+        status = type(exc).__name__
+    return time.monotonic() - started, status
+
+
+def connections(port: int, count: int, first_bytes: bytes = b"") -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            break
+        if first_bytes:
+            sock.sendall(first_bytes)
+        socks.append(sock)
+    return socks
+
+
+def still_open(socks: list[socket.socket]) -> int:
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+    closed = set()
+    for key, _ in selector.select(timeout=0.2):
+        try:
+            if key.fileobj.recv(4096) == b"":
+                closed.add(key.fileobj)
+        except OSError:
+            closed.add(key.fileobj)
+    selector.close()
+    return len(socks) - len(closed)
+
+
+def close_all(socks):
+    for sock in socks:
+        sock.close()
+
+
+# --------------------------------------------------------------------------- probes
+
+def probe_idle_flood(root, env, slug):
+    service = Service(root, env)
+    requests.get(f"{service.url}/api/public/{slug}/status", timeout=5)
+    idle = connections(service.port, 12_005)
+    time.sleep(1)
+    healthz = timed_get(service.url + "/healthz", timeout=5)
+    get = timed_get(f"{service.url}/api/public/{slug}/status", timeout=5)
+    close_all(idle)
+    service.stop()
+    return {"idle connections opened": len(idle),
+            "/healthz with them open": f"{healthz[1]} in {healthz[0] * 1000:.0f} ms",
+            "warm GET with them open": f"{get[1]} in {get[0] * 1000:.0f} ms"}
+
+
+def probe_slow_heads(root, env):
+    service = Service(root, env)
+    rss = service.rss_kb()
+    slow = connections(service.port, 1000, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    for _ in range(6):                       # a header byte every 2 s, for 12 s
+        for sock in slow:
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                pass
+        time.sleep(2)
+    open_after = still_open(slow)
+    grown = service.rss_kb() - rss
+    close_all(slow)
+    service.stop()
+    return {"slow-head connections still open after 12 s (of 1,000)": open_after,
+            "memory they held": f"{grown / 1000:.1f} KB each"}
+
+
+def probe_sigterm_half_sent(root, env):
+    service = Service(root, env)
+    half = connections(service.port, 3000, b"GET /api/public/x/status HTTP/1.1\r\nHost: x\r\n")
+    time.sleep(1)
+    took = service.stop()
+    close_all(half)
+    return {"SIGTERM to exit, 3,000 half-sent requests open": f"{took:.1f} s"}
+
+
+def flood(port, paths, concurrency=3000):
+    statuses, latencies = [], []
+    selector = selectors.DefaultSelector()
+    started = {}
+    for path in paths[:concurrency]:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, b"")
+        started[sock] = time.monotonic()
+    deadline = time.monotonic() + 60
+    while selector.get_map() and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=1):
+            try:
+                data = key.fileobj.recv(65536)
+            except OSError:
+                data = b""
+            buffer = key.data + data
+            if data and b"\r\n\r\n" not in buffer:
+                selector.modify(key.fileobj, selectors.EVENT_READ, buffer)
+                continue
+            statuses.append(buffer.split()[1].decode() if buffer else "closed")
+            latencies.append(time.monotonic() - started[key.fileobj])
+            selector.unregister(key.fileobj)
+            key.fileobj.close()
+    return statuses, latencies
+
+
+def metric(url, name):
+    text = requests.get(url + "/metrics", timeout=10).text
+    found = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def probe_unknown_flood(root, env, slug, pool=None):
+    service = Service(root, {**env, **(pool or {})})
+    known = f"{service.url}/api/public/{slug}/status"
+    requests.get(known, timeout=5)
+    side, stop = {"known": [], "readyz": []}, threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            side["known"].append(timed_get(known))
+            side["readyz"].append(timed_get(service.url + "/readyz"))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    statuses, _ = flood(service.port, [f"/api/public/made-up-{n}/status" for n in range(3000)])
+    stop.set()
+    watcher.join()
+    counts = {status: statuses.count(status) for status in sorted(set(statuses))}
+    worst_known = max(side["known"])
+    readyz = sorted(s for s, _ in side["readyz"])
+    result = {"settings": pool or "defaults (5 connections, DB_TIMEOUT 5)",
+              "3,000 unknown slugs answered": counts,
+              "database errors counted": metric(service.url, "public_status_db_errors_total"),
+              "'database unavailable' logged": any("database unavailable" in x for x in service.lines),
+              "/readyz during": {s: [r[1] for r in side["readyz"]].count(s) for s in {r[1] for r in side["readyz"]}},
+              "/readyz p99": f"{readyz[int(len(readyz) * 0.99) - 1] * 1000:.0f} ms" if readyz else "-",
+              "known project during": f"worst {worst_known[0] * 1000:.0f} ms, "
+                                      f"{[k[1] for k in side['known']].count('200')}/{len(side['known'])} 200"}
+    service.stop()
+    return result
+
+
+def probe_cookies(root, env, conn, upstream):
+    setter = add_project(conn, "cookie-setter", upstream.url)
+    other = add_project(conn, "cookie-other", upstream.url)
+    upstream.set_statuses(f"/{setter}", {"A1": "open"}, cookies_per_answer=95)
+    upstream.set_statuses(f"/{other}", {"A1": "open"})
+    service = Service(root, {**env, "REFRESH_MIN_INTERVAL": "0"})
+    rss = service.rss_kb()
+    for _ in range(47):
+        requests.post(f"{service.url}/api/public/{setter}/status/refresh", timeout=30)
+    requests.post(f"{service.url}/api/public/{other}/status/refresh", timeout=30)
+    seen = [r for r in upstream.seen if r.path in (f"/{setter}", f"/{other}")]
+    grown = service.rss_kb() - rss
+    service.stop()
+    return {"largest Cookie header sent to the setter's API": f"{max(len(r.headers.get('Cookie', '')) for r in seen):,} bytes",
+            "cookies sent to the other project's API": len((seen[-1].headers.get("Cookie") or "").split(";")) if seen[-1].headers.get("Cookie") else 0,
+            "worker memory grown": f"{grown / 1024:.0f} MB"}
+
+
+def probe_hostile_config(root, env, conn, upstream):
+    slug = add_project(conn, "nan-interval", upstream.url)
+    with conn.cursor() as cursor:
+        cursor.execute("UPDATE integration_configs SET polling_interval_seconds = 'NaN' "
+                       "WHERE project_id = (SELECT id FROM projects WHERE slug = %s)", (slug,))
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    tiny = add_project(conn, "tiny-interval", upstream.url, interval=0.001)
+    upstream.set_statuses(f"/{tiny}", {"A1": "open"})
+    service = Service(root, env)
+    get = timed_get(f"{service.url}/api/public/{slug}/status")
+    stream = requests.get(f"{service.url}/api/public/{slug}/status/stream", timeout=5, stream=True)
+    kind = f"{stream.status_code} {stream.headers.get('Content-Type')}"
+    stream.close()
+    watch = requests.get(f"{service.url}/api/public/{tiny}/status/stream", timeout=5, stream=True)
+    before = upstream.count(f"/{tiny}")
+    time.sleep(2)
+    rate = (upstream.count(f"/{tiny}") - before) / 2
+    watch.close()
+    service.stop()
+    return {"NaN polling interval: GET": get[1], "NaN polling interval: stream": kind,
+            "0.001 s polling interval: requests/s to the client API": f"{rate:.0f}"}
+
+
+def raw(port, data, wait=2.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(data)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return answer
+
+
+def probe_heads_and_bodies(root, env, slug):
+    service = Service(root, env)
+    big = raw(service.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: "
+              + b"b" * 16_000 + b"\r\n\r\n")
+    head = raw(service.port, f"HEAD /api/public/{slug}/status/stream HTTP/1.1\r\nHost: x\r\n\r\n"
+               "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    stray = head.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1", 1)[0]
+    sock = socket.create_connection(("127.0.0.1", service.port))
+    sock.sendall(f"POST /api/public/{slug}/status/refresh HTTP/1.1\r\nHost: x\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n".encode())
+    chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
+    sent, started, latencies, stopped = 0, time.monotonic(), [], threading.Event()
+
+    def probe():
+        while not stopped.is_set():
+            latencies.append(timed_get(service.url + "/healthz")[0])
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    sock.settimeout(1)
+    try:
+        while time.monotonic() - started < 10:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        pass
+    took = time.monotonic() - started
+    stopped.set()
+    prober.join()
+    sock.close()
+    latencies.sort()
+    service.stop()
+    return {"16 KB header line": big.split(b"\r\n", 1)[0].decode(),
+            "bytes between a HEAD's headers and the next answer": repr(stray),
+            "endless chunked POST": f"{sent / 1e6:,.1f} MB taken in {took:.1f} s",
+            "/healthz p99 meanwhile": f"{latencies[int(len(latencies) * 0.99) - 1] * 1000:.0f} ms"}
+
+
+def probe_large_document(root, env, conn, upstream, warm):
+    units = {f"U{n:06d}": "open" for n in range(460_000)}
+    slug = add_project(conn, "large", upstream.url, timeout=60)
+    upstream.set_statuses(f"/{slug}", units)
+    service = Service(root, {**env, "REFRESH_MIN_INTERVAL": "0", "MAX_UPSTREAM_BYTES": "50000000"})
+    requests.get(f"{service.url}/api/public/{warm}/status", timeout=5)
+    results = {}
+    for label, change in (("first fetch", False), ("unchanged", False), ("one unit changed", True)):
+        if change:
+            upstream.set_statuses(f"/{slug}", {**units, "U000000": "closed"})
+        latencies, done = [], threading.Event()
+
+        def probe(latencies=latencies, done=done):
+            while not done.is_set():
+                latencies.append(timed_get(f"{service.url}/api/public/{warm}/status")[0])
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        took, status = timed_get(f"{service.url}/api/public/{slug}/status/refresh", 120, "POST")
+        done.set()
+        prober.join()
+        worst = max(latencies, default=0) * 1000
+        results[f"460,000 units, {label}"] = (f"{status} in {took:.2f} s; other project's GETs "
+                                              f"meanwhile: {len(latencies)}, worst {worst:.0f} ms")
+    service.stop()
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=HERE, help="the checkout to probe")
+    parser.add_argument("--only", help="comma-separated probe names")
+    options = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    root = options.root.resolve()
+    database_url, conn = prepare_database()
+    env = {"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", "PORT": "0"}
+    report = {"checkout": str(root),
+              "commit": subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                                       capture_output=True, text=True).stdout.strip()}
+    with Upstream() as upstream:
+        warm = add_project(conn, "warm", upstream.url)
+        upstream.set_statuses(f"/{warm}", {f"{f}{u:02d}": "open" for f in range(1, 16) for u in range(1, 17)})
+        probes = {
+            "idle": lambda: probe_idle_flood(root, env, warm),
+            "slow": lambda: probe_slow_heads(root, env),
+            "sigterm": lambda: probe_sigterm_half_sent(root, env),
+            "flood": lambda: probe_unknown_flood(root, env, warm),
+            "flood-tight-pool": lambda: probe_unknown_flood(
+                root, env, warm, {"DB_POOL_SIZE": "1", "DB_TIMEOUT": "0.5"}),
+            "cookies": lambda: probe_cookies(root, env, conn, upstream),
+            "config": lambda: probe_hostile_config(root, env, conn, upstream),
+            "heads": lambda: probe_heads_and_bodies(root, env, warm),
+            "large": lambda: probe_large_document(root, env, conn, upstream, warm),
+        }
+        chosen = options.only.split(",") if options.only else list(probes)
+        for name in chosen:
+            print(f"-- {name}", flush=True)
+            figures = probes[name]()
+            report[name] = figures
+            for figure, value in figures.items():
+                print(f"   {figure}: {value}", flush=True)
+    out = HERE / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{time.strftime('%Y%m%d-%H%M%S')}-attack-{report['commit']}.json").write_text(
+        json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

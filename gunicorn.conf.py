@@ -13,4 +13,4 @@ def post_worker_init(worker):
     public_service.ConnectionGuard). gunicorn's own HTTP workers keep their own."""
     if getattr(worker, "wsgi_handler", None) is not None:
         guard = worker.wsgi.extensions["public_status"].connections
-        worker.wsgi_handler = guard.handler_class(worker.wsgi_handler, worker.worker_connections)
+        worker.wsgi_handler = guard.handler_class(worker.wsgi_handler)

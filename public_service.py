@@ -2244,36 +2244,23 @@ class ConnectionGuard:
         self._keepalive_timeout = config.keepalive_timeout
         self._idle: OrderedDict[Any, None] = OrderedDict()  # handlers, longest idle first
         self._reading: set = set()
-        self._open = 0
         self.closing = False
 
-    def handler_class(self, base: type, max_connections: int) -> type:
-        """A subclass of pywsgi's handler (gunicorn's, `base`) that keeps the edge."""
-        guard, crowded = self, max_connections - max(10, max_connections // 100)
+    def handler_class(self, base: type) -> type:
+        """A subclass of pywsgi's handler (gunicorn's, `base`) that keeps the edge. It
+        wraps no method a stream stays in: a parked stream's stack is saved whole."""
+        guard = self
 
         class GuardedHandler(base):
-            requests_read = 0
+            # No attribute of its own but on a refusal: a handler's __dict__ already holds
+            # about forty, and one more key grows it by more than a kilobyte per stream.
             refused: RequestRefused | None = None
-
-            def handle(self):
-                guard._open += 1
-                if guard._open > crowded and guard._idle:
-                    guard._hang_up(guard._idle.popitem(last=False)[0])
-                try:
-                    super().handle()
-                finally:
-                    guard._open -= 1
-                    guard._idle.pop(self, None)
-                    guard._reading.discard(self)
 
             def read_requestline(self):
                 return guard._read_head(self)
 
             def MessageClass(self, fp, *args):
-                # The head is in and bounded already: parse it as pywsgi would, without
-                # http.client's own limit (99 fields, where gunicorn allows 100).
-                return email.parser.Parser(_class=gevent.pywsgi.OldMessage).parsestr(
-                    self.head.decode("iso-8859-1"))
+                return self.headers  # parsed with the head, in _read_bounded_head
 
             def read_request(self, raw_requestline):
                 if self.refused is None:
@@ -2311,19 +2298,25 @@ class ConnectionGuard:
 
     def _read_head(self, handler) -> str:
         """Wait for the next request and read its head; its request line, or "" to close.
-        The head is kept for `MessageClass`; a head over its bounds is refused after."""
-        first, handler.requests_read = handler.requests_read == 0, handler.requests_read + 1
+        A head over its bounds is refused once read (`read_request`)."""
+        first = handler.requestline is None  # pywsgi's, set from what this returns
         if self.closing:
             return ""
+        if first:
+            self._make_room(handler.server)
         started = time.monotonic()
         self._idle[handler] = None
-        try:
-            with gevent.Timeout(self._header_timeout if first else self._keepalive_timeout,
-                                ClientTooSlow()):
-                if not handler.rfile.peek(1) or self.closing:
-                    return ""
+        try:  # one read: the socket's own timeout is the idle limit
+            handler.socket.settimeout(self._header_timeout if first else self._keepalive_timeout)
+            arrived = handler.rfile.peek(1)
         finally:
             self._idle.pop(handler, None)
+            if handler.socket is not None:
+                handler.socket.settimeout(None)
+        if not arrived or self.closing:
+            return ""
+        if b"\r\n\r\n" in arrived or b"\n\n" in arrived:
+            return self._read_bounded_head(handler)  # in whole already: no read will wait
         self._reading.add(handler)
         try:
             left = (started if first else time.monotonic()) + self._header_timeout - time.monotonic()
@@ -2331,6 +2324,13 @@ class ConnectionGuard:
                 return self._read_bounded_head(handler)
         finally:
             self._reading.discard(handler)
+
+    def _make_room(self, server) -> None:
+        """Near the cap of the server's connection pool (the worker's connections), close
+        the longest idle connection for the new one."""
+        pool = getattr(server, "pool", None)
+        if pool is not None and pool.free_count() < max(10, pool.size // 100) and self._idle:
+            self._hang_up(self._idle.popitem(last=False)[0])
 
     @staticmethod
     def _read_bounded_head(handler) -> str:
@@ -2351,7 +2351,10 @@ class ConnectionGuard:
             if len(field.rstrip(b"\r\n")) + 2 > HEADER_FIELD_LIMIT or len(fields) > HEADER_FIELDS_LIMIT:
                 handler.refused = RequestRefused(431)
                 break
-        handler.head = b"".join(fields) + b"\r\n"
+        # Parsed here as pywsgi would, without http.client's own bound (99 fields, where
+        # gunicorn allows 100); `MessageClass` hands it over.
+        handler.headers = email.parser.Parser(_class=gevent.pywsgi.OldMessage).parsestr(
+            b"".join(fields).decode("iso-8859-1"))
         return line.decode("latin-1")
 
     def _hang_up(self, handler) -> None:

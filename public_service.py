@@ -643,7 +643,7 @@ def backoff_delay(failures: int, interval: float, rand: Callable[[], float] = ra
     Between 1 and 2 intervals after the first failure, doubling, never more than
     8 intervals; the random half keeps many pollers from retrying in step.
     """
-    ceiling = interval * min(2 ** min(failures, 3), 8)
+    ceiling = interval * 2 ** min(failures, 3)
     return ceiling * (0.5 + 0.5 * rand())
 
 
@@ -1667,8 +1667,7 @@ class StatusService:
                         project.slug, state.failures,
                         extra={"project": project.slug, "event": "upstream_recovered"})
         state.failures = 0
-        state.retry_at = -math.inf
-        state.poll_due_at = now + project.poll_interval
+        state.poll_due_at = -math.inf  # no backoff: the snapshot's age says when to poll
         return self.store.commit(project.slug, fetched)
 
     def _record_failure(self, project: Project, state: _FetchState, error: UpstreamError,

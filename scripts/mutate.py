@@ -42,12 +42,14 @@ TARGETS = {
     # normalization and response shapes
     "normalize_key", "_lookup_from", "build_status_lookup", "normalize_status",
     "normalize_statuses", "_unit_id", "_scalar_status", "extract_unit_statuses",
-    "decode_status_body", "diff_statuses", "backoff_delay",
+    "decode_status_body", "parse_statuses", "prepare_fetch", "diff_statuses", "backoff_delay",
+    "Fetched.over",
     "DEFAULT_STATUS_VALUES", "UNIT_KEYS", "STATUS_KEYS", "WRAPPER_KEYS", "MAX_WRAPPING",
     # SSE and snapshot encodings
     "SSEMessage.encode", "_one_line", "Snapshot.build",
     # settings: environment, database rows, URLs, auth
-    "Config.from_env", "_env_number", "_json_column", "project_from_row", "join_status_url",
+    "Config.from_env", "_env_number", "_json_column", "_seconds", "project_from_row",
+    "join_status_url",
     "split_userinfo", "auth_headers", "_basic", "_secret_strings", "_connection_params",
     "SLUG_PATTERN", "HEADER_NAME", "HEADER_VALUE",
     # logs
@@ -58,12 +60,12 @@ TARGETS = {
     "StatusService._stale", "StatusService._record_success", "StatusService._record_failure",
     "StatusService._log_unknown", "LocalStore.read", "LocalStore.commit", "LocalStore.touch",
     "LocalStore.claim_refresh", "ProjectDirectory.cached", "ProjectDirectory.get",
-    "ProjectDirectory._load",
+    "ProjectDirectory._load", "_remember", "StatusService._prepare",
     # the client API
     "UpstreamClient.fetch", "UpstreamClient._get", "_read_capped", "_root_cause",
     # HTTP answers
-    "json_error", "_find_project", "public_headers", "WarmStatusFastPath.__call__",
-    "create_app",
+    "json_error", "_find_project", "public_headers", "refuse_bodies",
+    "WarmStatusFastPath.__call__", "create_app",
 }
 
 COMPARE_SWAPS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,

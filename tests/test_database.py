@@ -1,5 +1,7 @@
 """Project lookups against a real PostgreSQL, through a role that can only SELECT."""
 
+import logging
+
 import psycopg2
 import pytest
 
@@ -184,3 +186,69 @@ def test_a_flood_of_unknown_slugs_evicts_no_known_project(pg):
     db.close()
     proxy.cut()
 
+
+
+def test_an_outage_and_a_recovery_are_each_logged_once(pg, caplog):
+    caplog.set_level(logging.WARNING, logger="public_service")
+    proxy = TcpProxy(5432)
+    clock = FakeClock()
+    directory, db = directory_for(pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"), clock)
+    proxy.cut()
+    for n in range(3):
+        clock.now += 2                                        # past DB_RETRY_SECONDS each time
+        with pytest.raises(DatabaseUnavailable):
+            directory.get(f"slug-{n}")
+    proxy.restore()
+    clock.now += 2
+    for n in range(3):
+        assert directory.get(f"slug-{n}") is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("database unavailable" in m for m in messages) == 1
+    assert sum("database reachable again" in m for m in messages) == 1
+    db.close()
+    proxy.cut()
+
+
+def test_a_projects_credentials_are_redacted_as_soon_as_it_is_looked_up(pg, directory):
+    slug = pg.add_project(pg.unique_slug(), base_url="https://c.example.com", auth_type="bearer",
+                          credentials={"token": "looked-up-Tq1"})
+    directory.get(slug)
+    assert directory._redactor.redact("sent looked-up-Tq1") == "sent ***"
+
+
+def test_an_unusable_config_is_logged_once_until_it_changes(pg, caplog):
+    caplog.set_level(logging.ERROR, logger="public_service")
+    clock = FakeClock()
+    directory, db = directory_for(pg.reader_url, clock)
+    slug = pg.add_project(pg.unique_slug(), base_url="https://c.example.com", auth_type="magic")
+
+    def lines():
+        return [r.getMessage() for r in caplog.records if f"project {slug}: integration" in r.getMessage()]
+
+    for _ in range(3):
+        clock.now += 31
+        assert directory.get(slug).config_error
+    assert len(lines()) == 1
+    pg.update_config(slug, auth_type="bearer")               # another problem: told
+    clock.now += 31
+    directory.get(slug)
+    pg.update_config(slug, auth_type=None)                   # fixed: nothing to tell
+    clock.now += 31
+    assert directory.get(slug).config_error is None
+    pg.update_config(slug, auth_type="magic")                # broken again: told again
+    clock.now += 31
+    directory.get(slug)
+    assert len(lines()) == 3
+    db.close()
+
+
+def test_a_row_is_fresh_until_its_ttl_and_not_at_it(pg):
+    clock = FakeClock()
+    directory, db = directory_for(pg.reader_url, clock)
+    slug = pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
+    directory.get(slug)
+    clock.now += 29.999
+    assert directory.cached(slug) is not None
+    clock.now += 0.001
+    assert directory.cached(slug) is None
+    db.close()

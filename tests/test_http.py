@@ -230,3 +230,35 @@ def test_a_password_in_redis_url_is_redacted(pg, capfd):
         assert password not in repr(public.config) and password not in repr(public.store)
     finally:
         public.shutdown()
+
+
+def test_a_warm_get_never_reaches_flask_and_anything_else_does(app, client, project):
+    dispatched = []
+    app.before_request(lambda: dispatched.append(1))
+    client.get(f"/api/public/{project}/status")              # a miss: Flask's path
+    assert dispatched == [1]
+    fast = client.get(f"/api/public/{project}/status")
+    assert dispatched == [1] and fast.status == "200 OK"
+    client.head(f"/api/public/{project}/status")
+    client.get(f"/api/public/{project}/status", headers={"Content-Length": "3"}, data=b"abc")
+    assert len(dispatched) == 3                               # a HEAD, a body: Flask's path
+
+
+def test_the_stream_gauges_move_in_process(client, project):
+    response = client.get(f"/api/public/{project}/status/stream")
+    next(response.response)                                   # `connected`: subscribed
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "public_status_open_streams 1.0" in text
+    assert "public_status_watched_projects 1.0" in text
+    response.close()
+    assert "public_status_open_streams 0.0" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_every_answer_exposes_retry_after_to_scripts(client, project):
+    for answer in (client.get(f"/api/public/{project}/status"), client.get("/nothing")):
+        assert answer.headers["Access-Control-Expose-Headers"] == "Retry-After"
+
+
+def test_a_declared_body_over_the_limit_is_413(client, project):
+    answer = client.post(f"/api/public/{project}/status/refresh", data=b"x" * (16 * 1024 + 1))
+    assert_json_error(answer, 413)

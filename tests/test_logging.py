@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -68,3 +69,31 @@ def test_the_app_redacts_the_database_password(pg, capfd):
     assert "reader-pw-Zq81x" not in err
     assert line["logger"] == "urllib3.connectionpool"
     assert app.extensions["public_status"].redactor.redact(url).count("***") == 1
+
+
+def test_a_redactor_that_knows_no_secret_yet_lets_every_line_through(captured):
+    _, logger, lines, _ = captured
+    logger.info("starting with %s", "nothing to hide")
+    assert lines == ["starting with nothing to hide"]
+
+
+def test_the_longest_of_overlapping_secrets_wins_and_short_ones_are_left(captured):
+    redactor, logger, lines, _ = captured
+    redactor.add(["abc-secret", "abc-secret-longer", "xyz"])
+    redactor.add(["ab"])                                  # under MIN_LENGTH: ignored
+    logger.info("abc-secret-longer abc-secret xyz ab")
+    assert lines == ["*** *** *** ab"]
+
+
+def test_json_lines_have_an_iso_time_and_carry_tracebacks(captured):
+    _, logger, lines, handler = captured
+    handler.setFormatter(public_service.JsonFormatter())
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logger.exception("failed")
+    entry = json.loads(lines[0])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
+    assert "RuntimeError: boom" in entry["exception"] and entry["message"] == "failed"
+    logger.info("plain")
+    assert "exception" not in json.loads(lines[1])

@@ -7,7 +7,9 @@ import math
 from decimal import Decimal
 
 import pytest
+import requests
 
+import public_service
 from public_service import (
     STATUSES,
     Config,
@@ -426,3 +428,138 @@ def test_config_is_frozen():
     with pytest.raises(AttributeError):
         config.port = 1
     assert math.isfinite(config.db_timeout)
+
+
+# --------------------------------------------------------------------------- edges of the rules
+
+CONFIG_VARIABLES = [
+    ("PORT", "port", "9000", 9000), ("STATUS_CACHE_TTL", "status_cache_ttl", "1.5", 1.5),
+    ("SSE_PING_INTERVAL", "sse_ping_interval", "2", 2.0), ("SSE_RETRY_MS", "sse_retry_ms", "10", 10),
+    ("DEFAULT_POLL_INTERVAL", "default_poll_interval", "3", 3.0),
+    ("REFRESH_MIN_INTERVAL", "refresh_min_interval", "4", 4.0),
+    ("PROJECT_CACHE_TTL", "project_cache_ttl", "5", 5.0),
+    ("CORS_ALLOW_ORIGIN", "cors_allow_origin", "https://a.example", "https://a.example"),
+    ("LOG_LEVEL", "log_level", "debug", "DEBUG"), ("LOG_FORMAT", "log_format", "JSON", "json"),
+    ("MAX_UPSTREAM_BYTES", "max_upstream_bytes", "7", 7), ("MAX_STREAMS", "max_streams", "8", 8),
+    ("REDIS_URL", "redis_url", "redis://r.example/0", "redis://r.example/0"),
+    ("POLL_LEASE_TTL", "poll_lease_ttl", "9", 9.0), ("MIN_POLL_INTERVAL", "min_poll_interval", "0.5", 0.5),
+    ("HEADER_TIMEOUT", "header_timeout", "11", 11.0), ("KEEPALIVE_TIMEOUT", "keepalive_timeout", "12", 12.0),
+    ("DB_POOL_SIZE", "db_pool_size", "13", 13), ("DB_TIMEOUT", "db_timeout", "14", 14.0),
+]
+
+
+@pytest.mark.parametrize(("name", "attribute", "raw", "value"), CONFIG_VARIABLES,
+                         ids=[v[0] for v in CONFIG_VARIABLES])
+def test_every_variable_sets_its_setting(name, attribute, raw, value):
+    config = Config.from_env({"DATABASE_URL": "x", name: raw})
+    assert getattr(config, attribute) == value
+    assert getattr(Config.from_env({"DATABASE_URL": "x"}), attribute) != value
+
+
+def test_the_other_defaults():
+    config = Config.from_env({"DATABASE_URL": "x"})
+    assert (config.min_poll_interval, config.header_timeout, config.keepalive_timeout,
+            config.db_pool_size, config.db_timeout) == (1, 10, 100, 5, 5)
+
+
+@pytest.mark.parametrize(("name", "lowest"), [
+    ("PORT", 0), ("SSE_RETRY_MS", 0), ("MAX_UPSTREAM_BYTES", 1), ("MAX_STREAMS", 0),
+    ("DB_POOL_SIZE", 1), ("REFRESH_MIN_INTERVAL", 0), ("PROJECT_CACHE_TTL", 0)])
+def test_each_minimum_is_allowed_and_below_it_is_not(name, lowest):
+    Config.from_env({"DATABASE_URL": "x", name: str(lowest)})
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({"DATABASE_URL": "x", name: str(lowest - 1)})
+
+
+def test_wrappers_nest_three_deep_and_no_deeper():
+    three = {"data": {"items": {"units": {"A1": "open"}}}}
+    assert extract_unit_statuses(three) == {"A1": "open"}
+    with pytest.raises(StatusParseError):
+        extract_unit_statuses({"data": {"items": {"units": {"results": {"A1": "open"}}}}})
+
+
+def test_booleans_and_null_are_never_statuses_whatever_the_mapping():
+    lookup = build_status_lookup({"available": ["true", "none", "false", "null"]})
+    for value in (True, False, None):
+        assert normalize_status(value, lookup) is None
+    assert normalize_status("true", lookup) == "available"
+
+
+@pytest.mark.parametrize(("base", "endpoint", "url"), [
+    ("https://h.example/box", "status", "https://h.example/box/status"),
+    ("https://h.example/api_", "/status", "https://h.example/api_/status"),
+    ("https://h.example", "  /status  ", "https://h.example/status"),
+    ("  https://h.example/  ", "xs", "https://h.example/xs"),
+])
+def test_joining_strips_only_slashes_and_spaces(base, endpoint, url):
+    assert join_status_url(base, endpoint) == url
+
+
+def test_userinfo_without_a_password_and_an_ipv6_host():
+    assert split_userinfo("https://token@h.example/x") == ("https://h.example/x", ("token", ""))
+    assert split_userinfo("http://u:p@[::1]:8080/x") == ("http://[::1]:8080/x", ("u", "p"))
+
+
+def test_auth_type_none_is_no_auth():
+    assert auth_headers("none", {"token": "t"}, None) == {}
+    assert auth_headers("NONE", None, ("u", "p")) == {"Authorization": "Basic dTpw"}
+
+
+def test_the_secrets_of_a_project_are_every_credential_string():
+    bearer = project_from_row("d", row(auth_type="bearer", credentials=json.dumps({"token": "tok-1"})), 30)
+    assert set(bearer.secrets) == {"Bearer tok-1", "tok-1"}
+    keyed = project_from_row("d", row(auth_type="api_key", credentials=json.dumps(
+        {"header": "X-Key", "header_name": "X-Other", "key": 12345})), 30)
+    assert set(keyed.secrets) == {"12345"}                   # header names are no secret
+    basic = project_from_row("d", row(auth_type="basic", credentials=json.dumps(
+        {"username": "ann", "password": "pw-9"})), 30)
+    encoded = base64.b64encode(b"ann:pw-9").decode()
+    assert set(basic.secrets) == {"ann", "pw-9", f"Basic {encoded}", encoded}
+    assert list(basic.secrets) == sorted(basic.secrets, key=len, reverse=True)
+
+
+def test_config_errors_are_told_exactly_and_together():
+    project = project_from_row("d", row(base="ftp://x.example", credentials="{no",
+                                        mapping="{no", timeout="NaN"), 30)
+    assert project.config_error == (
+        "timeout_seconds is not a finite number; auth_credentials is not JSON (or nests too deep); "
+        "status_mapping is not JSON (or nests too deep); "
+        "api_base_url and status_endpoint do not make an http(s) URL")
+    bad = project_from_row("d", row(auth_type="bearer", credentials=json.dumps({"token": "a\nb"})), 30)
+    assert bad.auth_headers == {} and "not allowed in an HTTP header" in bad.config_error
+
+
+def test_a_timeout_under_a_second_is_kept():
+    assert project_from_row("d", row(timeout=Decimal("0.5")), 30).timeout == 0.5
+
+
+def test_connection_parameters():
+    params = public_service._connection_params("postgresql://u@h/db?options=-c%20x%3D1", 2.5)
+    assert params["options"] == ("-c x=1 -c default_transaction_read_only=on "
+                                 "-c statement_timeout=2500 -c idle_in_transaction_session_timeout=2500")
+    assert (params["connect_timeout"], params["application_name"]) == (3, "public-status")
+    assert (params["keepalives"], params["keepalives_idle"], params["keepalives_interval"],
+            params["keepalives_count"]) == (1, 10, 5, 3)
+    assert public_service._connection_params("postgresql://h/db", 0.5)["connect_timeout"] == 2
+
+
+@pytest.mark.parametrize(("failures", "low", "high"), [(1, 1, 2), (2, 2, 4), (3, 4, 8), (4, 4, 8), (9, 4, 8)])
+def test_backoff_bounds_exactly(failures, low, high):
+    assert backoff_delay(failures, 1.0, lambda: 0.0) == low
+    assert backoff_delay(failures, 1.0, lambda: 1.0) == high
+
+
+def test_the_root_cause_of_a_chain_of_errors():
+    inner = ConnectionRefusedError("refused")
+    middle = OSError("wrapping")
+    middle.__cause__ = inner
+    outer = requests.exceptions.ConnectionError(middle)
+    assert public_service._root_cause(outer) == "ConnectionRefusedError"
+    with_reason = requests.exceptions.ConnectionError("x")
+    with_reason.reason = TimeoutError("slow")
+    assert public_service._root_cause(with_reason) == "TimeoutError"
+    looped = ValueError("a")
+    looped.__context__ = KeyError("b")
+    looped.__context__.__context__ = looped                 # a cycle ends, it does not spin
+    assert public_service._root_cause(looped) in ("ValueError", "KeyError")
+    assert public_service._root_cause(ValueError("alone")) == "ValueError"

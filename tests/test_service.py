@@ -2,20 +2,23 @@
 real client API on loopback (and, for the poller, the real database)."""
 
 import logging
+import math
 import re
 
 import gevent
 import pytest
 
 import public_service
-from helpers import FakeClock
+from helpers import FakeClock, RedisServer
 from public_service import (
     Config,
     Database,
+    Fetched,
     LocalStore,
     Metrics,
     NoSnapshot,
     ProjectDirectory,
+    RedisStore,
     RefreshLimited,
     SecretRedactor,
     StatusService,
@@ -307,3 +310,101 @@ def test_unknown_values_are_logged_once_per_project_and_value(service, project, 
     unknown = [r.getMessage() for r in caplog.records if "unknown status" in r.getMessage()]
     assert len(unknown) == 2
     assert any("'weird'" in m for m in unknown) and any("'odd'" in m for m in unknown)
+
+
+def test_the_first_failure_is_told_at_once_with_what_is_served(service, project, upstream, clock, caplog):
+    caplog.set_level(logging.WARNING, logger="public_service")
+    upstream.set(f"/{project.slug}", b"oops", status=500)
+    with pytest.raises(NoSnapshot):
+        service.status(project)
+    [line] = [r.getMessage() for r in caplog.records if "fetch failed" in r.getMessage()]
+    assert line.endswith("(http_error: HTTP 500); serving 503 (no snapshot yet)")
+    upstream.set_statuses(f"/{project.slug}", {"A1": "open"})
+    clock.now += 31
+    service.status(project)
+    upstream.set(f"/{project.slug}", b"oops", status=500)
+    clock.now += 31
+    service.status(project)
+    assert [r.getMessage() for r in caplog.records if "fetch failed" in r.getMessage()][-1].endswith(
+        "serving the last good snapshot")
+
+
+def test_every_fetch_is_counted_by_outcome_and_timed(service, project, upstream, clock):
+    def count(outcome):
+        return service.metrics.upstream_requests.labels(outcome)._value.get()
+
+    service.status(project)
+    upstream.set(f"/{project.slug}", b"", status=502)
+    clock.now += 31
+    service.status(project)
+    assert (count("ok"), count("http_error")) == (1, 1)
+    samples = {s.name: s.value for s in service.metrics.upstream_seconds.collect()[0].samples}
+    assert samples["public_status_upstream_seconds_count"] == 2
+    assert 0 <= samples["public_status_upstream_seconds_sum"] < 5
+
+
+def test_at_most_a_hundred_unknown_values_are_logged_per_project(service, project, upstream, caplog):
+    caplog.set_level(logging.WARNING, logger="public_service")
+    upstream.set_statuses(f"/{project.slug}", {f"A{n}": f"odd-{n}" for n in range(101)})
+    service.status(project)
+    assert sum("unknown status value" in r.getMessage() for r in caplog.records) == 100
+
+
+def test_a_refetch_of_the_same_statuses_makes_the_snapshot_fresh_again(clock):
+    store = LocalStore(on_change=lambda *change: None, clock=clock)
+    first = store.commit("p", Fetched.over(None, {"A1": "sold"}, []))
+    clock.now += 20
+    assert store.commit("p", Fetched.over(first, {"A1": "sold"}, [])) is first
+    assert store.read("p") == (first, 0)
+    store.touch("p", clock.now - 10)                     # an older fetch never ages it
+    assert store.read("p")[1] == 0
+    store.touch("unknown", clock.now)
+    assert store.read("unknown") == (None, math.inf)
+    assert first.version == 1
+
+
+def test_a_refresh_is_allowed_again_exactly_after_the_interval(clock):
+    store = LocalStore(on_change=lambda *change: None, clock=clock)
+    assert store.claim_refresh("p", 10, 2) == 0
+    clock.now += 9.5
+    assert store.claim_refresh("p", 10, 2) == pytest.approx(0.5)
+    clock.now += 0.5
+    assert store.claim_refresh("p", 10, 2) == 0
+
+
+def test_a_successful_refresh_ends_the_pollers_backoff(poller, pg, upstream):
+    slug = pg.add_project(pg.unique_slug("poll"), base_url=upstream.url, interval=5)
+    upstream.set(f"/{slug}", b"", status=503)
+    running = poller.start(slug)
+    poller.run_until(lambda: upstream.count(f"/{slug}") == 4)   # three backoffs: 20-40 s next
+    running.kill()
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    project = poller.service.directory.get(slug)
+    poller.service.refresh(project)
+    poller.sleeps.clear()
+    poller.start(slug)
+    poller.run_until(lambda: upstream.count(f"/{slug}") == 6)
+    assert poller.sleeps == [5.0]                         # the interval, not the backoff
+
+
+def test_a_miss_takes_what_another_worker_committed(upstream, request, clock):
+    """Two workers on one Redis: the second's mirror has not heard of the first's commit
+    (its follower has not run); its GET looks in Redis before it fetches."""
+    server = RedisServer()
+    config = Config.from_env({"DATABASE_URL": "unused", "STATUS_CACHE_TTL": "30",
+                              "REDIS_URL": server.url})
+    stores = [RedisStore(server.url, lambda *change: None, 10) for _ in range(2)]
+    for store in stores:  # unpatched, their subscriptions would block this process: none
+        store._link._follower.kill(block=False)
+    try:
+        services = [StatusService(config, None, UpstreamClient(1_000_000), store, Metrics(), clock)
+                    for store in stores]
+        project = make_project(upstream, request)
+        first = services[0].status(project)
+        second = services[1].status(project)
+        assert second.statuses == first.statuses and second.version == first.version
+        assert upstream.count(f"/{project.slug}") == 1
+    finally:
+        for store in stores:
+            store.close()
+        server.stop()

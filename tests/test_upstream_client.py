@@ -157,3 +157,20 @@ def test_unusable_config_fails_without_a_request(client, mock):
         client.get(make_project("bearer", None))
     assert raised.value.outcome == "config"
     assert mock.call_count == 0
+
+
+@pytest.mark.parametrize(("status", "ok"), [(200, True), (204, True), (299, True), (300, False)])
+def test_only_2xx_answers_are_bodies(client, mock, status, ok):
+    mock.get(BASE + "/units", status_code=status, content=b"{}")
+    if ok:
+        assert client.get(make_project()) == b"{}"
+    else:
+        with pytest.raises(UpstreamError, match="http_error"):
+            client.get(make_project())
+
+
+def test_a_declared_length_at_the_limit_is_read():
+    client = UpstreamClient(max_bytes=13)
+    with rm.Mocker(session=client.session) as mock:
+        mock.get(BASE + "/units", content=b'{"A": "open"}', headers={"Content-Length": "13"})
+        assert client.get(make_project()) == b'{"A": "open"}'

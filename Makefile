@@ -13,6 +13,7 @@ run: $(VENV)/.runtime
 test: $(VENV)/.dev
 	scripts/ensure-services.sh
 	scripts/ensure-tool.sh chromium
+	scripts/ensure-tool.sh nginx
 	scripts/ensure-tool.sh redis-server
 	$(PYTHON) -m pytest
 

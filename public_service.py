@@ -60,8 +60,8 @@ import struct
 import termios
 import threading
 import time
-from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +106,8 @@ class Config:
     status_cache_ttl: float = 30.0
     sse_ping_interval: float = 30.0
     sse_retry_ms: int = 3000
+    sse_reconnect_spread_ms: int = 5000
+    sse_history: int = 100
     default_poll_interval: float = 30.0
     refresh_min_interval: float = 10.0
     project_cache_ttl: float = 30.0
@@ -140,6 +142,8 @@ class Config:
             status_cache_ttl=_env_number(env, "STATUS_CACHE_TTL", 30.0),
             sse_ping_interval=_env_number(env, "SSE_PING_INTERVAL", 30.0),
             sse_retry_ms=_env_number(env, "SSE_RETRY_MS", 3000, int, minimum=0),
+            sse_reconnect_spread_ms=_env_number(env, "SSE_RECONNECT_SPREAD_MS", 5000, int, minimum=0),
+            sse_history=_env_number(env, "SSE_HISTORY", 100, int, minimum=0),
             default_poll_interval=_env_number(env, "DEFAULT_POLL_INTERVAL", 30.0),
             refresh_min_interval=_env_number(env, "REFRESH_MIN_INTERVAL", 10.0, minimum=0),
             project_cache_ttl=_env_number(env, "PROJECT_CACHE_TTL", 30.0, minimum=0),
@@ -316,6 +320,7 @@ KNOWN_PROJECTS = 10_000           # project rows kept, least recently used dropp
 UNKNOWN_SLUGS = 10_000            # slugs remembered as unknown, apart: a flood evicts only them
 POLLER_RESTART_SECONDS = 1.0      # a poller that crashed (a bug of ours) starts again after this
 PARSE_IN_THREAD_BYTES = 256 * 1024  # bodies this large are parsed off the event loop
+HISTORY_BYTES = 256 * 1024        # a project's history of changed units, at most (and SSE_HISTORY)
 REQUEST_LINE_LIMIT = 4094         # the request head's bounds: gunicorn's defaults,
 HEADER_FIELD_LIMIT = 8190         # its CRLF included,
 HEADER_FIELDS_LIMIT = 100         # whatever the worker class
@@ -428,24 +433,32 @@ def _one_line(value: str) -> str:
 
 @dataclass(frozen=True, eq=False)
 class Snapshot:
-    """Statuses of one project at one version, with their encodings made once."""
+    """Statuses of one project at one version of one epoch (an unbroken line of
+    versions), with their encodings made once. Its id, `<epoch>-<version>`, is opaque
+    to clients."""
 
     slug: str
+    epoch: str
     version: int
     statuses: Mapping[str, str]
     body: bytes = field(repr=False)      # the GET /status response body
     event: bytes = field(repr=False)     # the `status_update` SSE message
 
+    @property
+    def id(self) -> str:
+        return f"{self.epoch}-{self.version}"
+
     @classmethod
-    def build(cls, slug: str, version: int, statuses: Mapping[str, str],
+    def build(cls, slug: str, epoch: str, version: int, statuses: Mapping[str, str],
               encoded: str | None = None) -> Snapshot:
         """`encoded`: `json.dumps(statuses)`, if it is made already (for a big project,
         off the event loop). Both encodings splice it in: the same bytes as encoding
         each whole, at half the cost."""
         encoded = json.dumps(statuses) if encoded is None else encoded
         body = f'{{"project": {json.dumps(slug)}, "statuses": {encoded}, "count": {len(statuses)}}}'
-        event = SSEMessage(event="status_update", data=f'{{"statuses": {encoded}}}', id=version)
-        return cls(slug, version, statuses, body.encode(), event.encode())
+        event = SSEMessage(event="status_update", data=f'{{"statuses": {encoded}}}',
+                           id=f"{epoch}-{version}")
+        return cls(slug, epoch, version, statuses, body.encode(), event.encode())
 
 
 @dataclass(frozen=True, eq=False)
@@ -1113,8 +1126,9 @@ def _root_cause(exc: BaseException) -> str:
 class Store(Protocol):
     """Where snapshots live, and who may fetch or poll a project: the one seam for sharing
     state between workers. Given at construction the callback that hears of each snapshot
-    it makes current, `on_change(snapshot, updates, resync)`: `updates`, the units changed
-    since the version before (None: no step from it); `resync`, the line was replaced."""
+    it makes current, `on_change(snapshot, updates, base)`: `updates`, the units changed
+    since `base`, the (epoch, version) they step from (the version before, or the shared
+    version a worker alone left); None when it is no step (a first one, a new line)."""
 
     shared: bool          # True while the state is shared with other workers (Redis)
     renew_every: float    # seconds between renewals of a poll lease while polling
@@ -1125,6 +1139,10 @@ class Store(Protocol):
     def read(self, slug: str) -> tuple[Snapshot | None, float]: ...
     def sync(self, slug: str) -> None: ...
     def commit(self, slug: str, fetched: Fetched) -> Snapshot: ...
+
+    # Resume: the units changed since a version of the current epoch, each with its
+    # current status ({} for the current version); None when the history cannot tell.
+    def changes_since(self, slug: str, epoch: str, version: int) -> dict[str, str] | None: ...
 
     # Fetches: run `do_fetch` as the deployment's one fetch of the project, or join the
     # one under way elsewhere; 0 if a forced refresh may fetch now, else seconds to wait.
@@ -1141,15 +1159,24 @@ class Store(Protocol):
 
 class LocalStore(Store):
     """The Store of a worker alone, in its memory: every fetch and poll is its own, and
-    nothing is elsewhere (`sync`, `release_poll` and `close`: the protocol's no-ops)."""
+    nothing is elsewhere (`sync`, `release_poll` and `close`: the protocol's no-ops).
+
+    Its epoch is its own, made when it is: versions start again at 1 after a restart,
+    and so do ids, under another epoch. It keeps each project's history, the units each
+    of its last versions changed, bounded by `history` entries and HISTORY_BYTES.
+    """
 
     shared = False
     renew_every = math.inf
 
-    def __init__(self, on_change: Callable[..., None], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, on_change: Callable[..., None], clock: Callable[[], float] = time.monotonic,
+                 history: int = 100):
         self._on_change = on_change
         self._clock = clock
+        self._history_bound = history
+        self.epoch = f"{random.getrandbits(40):010x}"
         self._stored: dict[str, tuple[Snapshot, float]] = {}  # slug -> (latest, fetched at)
+        self._history: dict[str, History] = {}
         self._refreshed_at: dict[str, float] = {}
 
     def read(self, slug: str) -> tuple[Snapshot | None, float]:
@@ -1161,27 +1188,53 @@ class LocalStore(Store):
 
     def commit(self, slug: str, fetched: Fetched) -> Snapshot:
         previous, _ = self.read(slug)
-        if fetched.base is not previous:  # another commit came in between: compare again
+        if fetched.base is not previous:      # another commit came in between: compare again
             fetched = Fetched.over(previous, fetched.statuses, fetched.unknown)
         if fetched.unchanged:
             self.touch(slug, self._clock())
             return previous
-        snapshot = Snapshot.build(slug, previous.version + 1 if previous else 1, fetched.statuses,
-                                  fetched.encoded)
-        self.install(snapshot, self._clock(), fetched.updates)
+        own_line = previous is not None and previous.epoch == self.epoch
+        # A change to a shared line while this worker is alone starts a line of its own,
+        # as a step from the shared version: its streams get the change, not everything.
+        snapshot = Snapshot.build(slug, self.epoch, previous.version + 1 if own_line else 1,
+                                  fetched.statuses, fetched.encoded)
+        self.install(snapshot, self._clock(), fetched.updates,
+                     base=(previous.epoch, previous.version) if previous else None)
         return snapshot
 
     def install(self, snapshot: Snapshot, fetched_at: float, updates: dict[str, str] | None,
-                resync: bool = False) -> None:
-        """Make `snapshot` the latest and tell the subscribers (see Store)."""
+                history: list[tuple[int, list[str]]] = (), base: tuple[str, int] | None = None
+                ) -> None:
+        """Make `snapshot` the latest and tell the subscribers (see Store): `updates` step
+        from `base`, by default the version before. A step within the epoch adds to the
+        history; anything else starts it again, from `history` if given (a shared one's
+        entries, oldest first)."""
+        base = base or (snapshot.epoch, snapshot.version - 1)
         self._stored[snapshot.slug] = (snapshot, fetched_at)
-        self._on_change(snapshot, updates, resync)
+        in_line = updates is not None and base == (snapshot.epoch, snapshot.version - 1)
+        kept = self._history.get(snapshot.slug)
+        if not in_line or kept is None:
+            kept = self._history[snapshot.slug] = History(self._history_bound)
+            for version, units in history:
+                kept.add(version, units)
+        if in_line:
+            kept.add(snapshot.version, updates)
+        self._on_change(snapshot, updates, base)
 
     def touch(self, slug: str, fetched_at: float) -> None:
         """The latest snapshot was fetched again, unchanged."""
         if slug in self._stored:
             snapshot, before = self._stored[slug]
             self._stored[slug] = (snapshot, max(before, fetched_at))
+
+    def changes_since(self, slug: str, epoch: str, version: int) -> dict[str, str] | None:
+        snapshot = self.read(slug)[0]
+        if snapshot is None or snapshot.epoch != epoch or version > snapshot.version:
+            return None
+        units = self._history[slug].since(version, snapshot.version)
+        if units is None:
+            return None
+        return {unit: snapshot.statuses.get(unit, "hidden") for unit in units}
 
     def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float:
         now = self._clock()
@@ -1198,33 +1251,95 @@ class LocalStore(Store):
         return 0.0
 
 
+class History:
+    """The units each of a project's last versions changed, oldest first: bounded by a
+    count and by HISTORY_BYTES (each entry weighed as its JSON), so that resuming costs
+    a union of a few sets, and never a fetch."""
+
+    __slots__ = ("_bound", "_bytes", "_entries")
+
+    def __init__(self, bound: int):
+        self._bound = bound
+        self._entries: deque[tuple[int, frozenset[str], int]] = deque()
+        self._bytes = 0
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def add(self, version: int, units: Iterable[str]) -> None:
+        if self._entries and version != self._entries[-1][0] + 1:
+            self.clear()                      # not a step from the last one: no line to keep
+        units = frozenset(units)
+        weight = 16 + sum(len(unit) + 4 for unit in units)
+        self._entries.append((version, units, weight))
+        self._bytes += weight
+        while self._entries and (len(self._entries) > self._bound or self._bytes > HISTORY_BYTES):
+            self._bytes -= self._entries.popleft()[2]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    def since(self, version: int, current: int) -> set[str] | None:
+        """The units changed after `version` up to `current`; None if the history does
+        not reach back that far."""
+        if version == current:
+            return set()
+        if not self._entries or self._entries[0][0] > version + 1 or self._entries[-1][0] != current:
+            return None
+        return set().union(*(units for kept, units, _ in self._entries if kept > version))
+
+
 REDIS_PREFIX = "public-status:"
 CHANGES_CHANNEL = REDIS_PREFIX + "changes"
 REDIS_RETRY_SECONDS = 1.0      # while Redis is away, how often to try it again
 SNAPSHOT_KEY_TTL = 86_400      # a project nobody fetches for a day leaves Redis
 
 # Commit one fetch: a new version only when the statuses changed (compared by digest),
-# then tell every worker, in commit order. The statuses JSON is spliced in as text, so
-# its unit order survives. Returns {version, changed}; {version, 2} when the statuses
-# were left out (the worker thought them unchanged) but the digest differs: send them.
+# then tell every worker, in commit order. A project's first commit (or the first after
+# its key expired, or Redis lost it) starts a new epoch, ARGV[7]. A step from the version
+# the worker compared against (ARGV[8], ARGV[9]) adds its changed units (ARGV[10]) to the
+# capped history list; anything else starts the list again. The statuses JSON is
+# spliced in as text, so its unit order survives. Returns {epoch, version, changed};
+# changed is 2 when the statuses were left out (the worker thought them unchanged) but
+# the digest differs: send them.
 COMMIT_SCRIPT = """
-local old = redis.call('HMGET', KEYS[1], 'version', 'digest')
-local version = tonumber(old[1]) or 0
-local changed = old[2] ~= ARGV[1]
-if changed and ARGV[2] == '' then return {version, 2} end
+local old = redis.call('HMGET', KEYS[1], 'epoch', 'version', 'digest')
+local epoch, version = old[1], tonumber(old[2]) or 0
+local changed = old[3] ~= ARGV[1]
+if changed and ARGV[2] == '' then return {epoch or '', version, 2} end
+if not epoch then
+  epoch, version = ARGV[7], 0
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'history_bytes', 0)
+end
 if changed then
   version = version + 1
+  if ARGV[8] == epoch and tonumber(ARGV[9]) == version - 1 then
+    local entry = '[' .. version .. ', ' .. ARGV[10] .. ']'
+    redis.call('RPUSH', KEYS[2], entry)
+    local size = redis.call('HINCRBY', KEYS[1], 'history_bytes', #entry)
+    while redis.call('LLEN', KEYS[2]) > 0 and (redis.call('LLEN', KEYS[2]) > tonumber(ARGV[11])
+                                                or size > tonumber(ARGV[12])) do
+      size = redis.call('HINCRBY', KEYS[1], 'history_bytes', -#redis.call('LPOP', KEYS[2]))
+    end
+  else
+    redis.call('DEL', KEYS[2])
+    redis.call('HSET', KEYS[1], 'history_bytes', 0)
+  end
   redis.call('HSET', KEYS[1], 'version', version, 'digest', ARGV[1], 'statuses', ARGV[2],
              'fetched_at', ARGV[3])
 else
   redis.call('HSET', KEYS[1], 'fetched_at', ARGV[3])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-local message = '{"slug": ' .. ARGV[6] .. ', "version": ' .. version .. ', "fetched_at": ' .. ARGV[3]
-  .. ', "digest": "' .. ARGV[1] .. '"'
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+local message = '{"slug": ' .. ARGV[6] .. ', "epoch": "' .. epoch .. '", "version": ' .. version
+  .. ', "fetched_at": ' .. ARGV[3] .. ', "digest": "' .. ARGV[1] .. '"'
 if changed then message = message .. ', "statuses": ' .. ARGV[2] end
 redis.call('PUBLISH', ARGV[5], message .. '}')
-return {version, changed and 1 or 0}
+return {epoch, version, changed and 1 or 0}
 """
 
 # Take or renew a lease (a poller's, or a fetch lock): 0 if it is (now) ours, else the
@@ -1395,10 +1510,13 @@ class RedisStore(Store):
     without REDIS_URL; when Redis is back, the mirror takes the shared snapshots again.
     """
 
-    def __init__(self, url: str, on_change: Callable[..., None], lease_ttl: float):
-        self._local = LocalStore(on_change, clock=time.time)  # wall time: shared by machines
+    def __init__(self, url: str, on_change: Callable[..., None], lease_ttl: float,
+                 history: int = 100):
+        # The mirror, on wall time (shared by machines); its own epoch is this worker's
+        # line while Redis is away.
+        self._local = LocalStore(on_change, time.time, history)
+        self._history_bound = history
         self._waiters: dict[str, gevent.event.AsyncResult] = {}  # for another worker's fetch
-        self._unsynced: set[str] = set()      # mirrored while Redis was away
         self._digests: dict[str, str] = {}    # of each mirrored snapshot, as committed
         self._link = RedisLink(url, self._on_message, self._rejoin)
         self._leases = RedisLeases(self._link.client, self._link.me, lease_ttl)
@@ -1426,30 +1544,39 @@ class RedisStore(Store):
             changed = 2
             if now.unchanged and slug in self._digests:  # Redis checks it, without the JSON
                 digest, encoded = self._digests[slug], ""
-                version, changed, fetched_at = self._commit_script(slug, digest, encoded)
+                epoch, version, changed, fetched_at = self._commit_script(slug, digest, encoded, now)
             if changed == 2:
                 encoded = now.encoded if now.encoded is not None else json.dumps(now.statuses)
                 digest = hashlib.sha1(encoded.encode()).hexdigest()
-                version, changed, fetched_at = self._commit_script(slug, digest, encoded)
-            self._adopt(slug, version, fetched_at, now.statuses if changed else None,
+                epoch, version, changed, fetched_at = self._commit_script(slug, digest, encoded, now)
+            self._adopt(slug, epoch, version, fetched_at, now.statuses if changed else None,
                         prepared=now, digest=digest)
             return self._local.read(slug)[0]
         return self._link.run(shared, lambda: self._local.commit(slug, fetched))
 
-    def _commit_script(self, slug: str, digest: str, encoded: str) -> tuple[int, int, float]:
-        """Run COMMIT_SCRIPT: (version, changed, fetched_at)."""
+    def _commit_script(self, slug: str, digest: str, encoded: str,
+                       fetched: Fetched) -> tuple[str, int, int, float]:
+        """Run COMMIT_SCRIPT: (epoch, version, changed, fetched_at)."""
         fetched_at = time.time()
-        version, changed = self._commit(
-            keys=[_redis_key("snapshot", slug)],
+        base = fetched.base if fetched.updates is not None else None
+        epoch, version, changed = self._commit(
+            keys=[_redis_key("snapshot", slug), _redis_key("history", slug)],
             args=[digest, encoded, repr(fetched_at), SNAPSHOT_KEY_TTL, CHANGES_CHANNEL,
-                  json.dumps(slug)])
-        return int(version), int(changed), fetched_at
+                  json.dumps(slug), f"{random.getrandbits(40):010x}",
+                  base.epoch if base else "", base.version if base else -1,
+                  json.dumps(list(fetched.updates or ())), self._history_bound, HISTORY_BYTES])
+        return epoch.decode(), int(version), int(changed), fetched_at
+
+    def changes_since(self, slug: str, epoch: str, version: int) -> dict[str, str] | None:
+        return self._local.changes_since(slug, epoch, version)
 
     def fetch(self, slug, timeout, do_fetch):
         if self._link.run(lambda: self._leases.begin_fetch(slug, timeout), lambda: True):
             outcome = do_fetch()
             failed = isinstance(outcome, UpstreamError)
-            self._link.run(lambda: self._leases.end_fetch(slug, failed), lambda: None)
+            # Given back in a greenlet of its own: this fetch must end as soon as its
+            # outcome is made, before a stream writes it and a refresh could join it.
+            gevent.spawn(self._link.run, lambda: self._leases.end_fetch(slug, failed), lambda: None)
             return outcome
         waiter = self._waiters.setdefault(slug, gevent.event.AsyncResult())
         if not self._link.run(lambda: self._leases.fetching(slug), lambda: False):
@@ -1477,61 +1604,69 @@ class RedisStore(Store):
     def _on_message(self, message: dict) -> None:
         slug = message["slug"]
         if not message.get("failed"):
-            self._adopt(slug, message["version"], message["fetched_at"], message.get("statuses"),
-                        digest=message.get("digest"))
+            self._adopt(slug, message["epoch"], message["version"], message["fetched_at"],
+                        message.get("statuses"), digest=message.get("digest"))
         waiter = self._waiters.pop(slug, None)
         if waiter is not None:
             waiter.set(None if message.get("failed") else self._local.read(slug)[0])
 
     def _rejoin(self) -> None:
-        """Redis is back: take the shared snapshots as they are there, whatever versions
-        this worker counted on its own meanwhile."""
+        """Redis is back: take the shared snapshots (their epochs, their histories) as
+        they are there, whatever this worker committed in its own line meanwhile. A
+        project Redis lost gets a new shared epoch at its next commit."""
         for slug in self._local.slugs():
-            if not self._load(slug, force=True):
-                self._unsynced.add(slug)  # the first shared commit will do it
+            self._load(slug)
 
-    def _load(self, slug: str, force: bool = False) -> bool:
-        """Adopt the project's snapshot as Redis has it; False if Redis has none."""
-        stored = self._link.client.hgetall(_redis_key("snapshot", slug))
-        if not stored:
-            return False
-        self._adopt(slug, int(stored[b"version"]), float(stored[b"fetched_at"]),
-                    json.loads(stored[b"statuses"]), force, digest=stored[b"digest"].decode())
-        return True
+    def _load(self, slug: str) -> None:
+        """Adopt the project's snapshot and history as Redis has them, if it has them."""
+        pipe = self._link.client.pipeline(transaction=False)
+        pipe.hgetall(_redis_key("snapshot", slug))
+        pipe.lrange(_redis_key("history", slug), 0, -1)
+        stored, entries = pipe.execute()
+        if b"epoch" not in stored or b"statuses" not in stored:
+            return
+        epoch, version = stored[b"epoch"].decode(), int(stored[b"version"])
+        current = self._local.read(slug)[0]
+        if current is not None and (current.epoch, current.version) == (epoch, version):
+            self._local.touch(slug, float(stored[b"fetched_at"]))
+            return
+        self._digests[slug] = stored[b"digest"].decode()
+        history = [(entry[0], entry[1] if isinstance(entry[1], list) else [])
+                   for entry in map(json.loads, entries)]
+        self._local.install(Snapshot.build(slug, epoch, version, json.loads(stored[b"statuses"])),
+                            float(stored[b"fetched_at"]), None, history)
 
-    def _adopt(self, slug: str, version: int, fetched_at: float,
-               statuses: dict[str, str] | None, force: bool = False,
-               prepared: Fetched | None = None, digest: str | None = None) -> None:
+    def _adopt(self, slug: str, epoch: str, version: int, fetched_at: float,
+               statuses: dict[str, str] | None, prepared: Fetched | None = None,
+               digest: str | None = None) -> None:
         """Bring the mirror up to a committed version (`digest`, if told, is its
         statuses'); `statuses` None: unchanged. `prepared`: this worker's own fetch, its
         diff and JSON made already."""
         current, _ = self._local.read(slug)
-        force = force or slug in self._unsynced
-        if current is not None and not force and version <= current.version:
+        line = current is not None and current.epoch == epoch
+        if line and version <= current.version:
             if version == current.version:
                 self._local.touch(slug, fetched_at)
             return
-        if statuses is None:
-            self._load(slug, force)  # a change this worker missed
+        in_step = line and version == current.version + 1
+        if statuses is None or not (in_step or version == 1):
+            self._load(slug)  # a change this worker missed, or the middle of another line
             return
-        self._unsynced.discard(slug)
         if digest is not None:
             self._digests[slug] = digest
-        in_step = current is not None and not force and version == current.version + 1
         own = prepared is not None and prepared.base is current
+        updates = None
         if in_step:
             updates = prepared.updates if own else diff_statuses(current.statuses, statuses)
-        else:
-            updates = None
-        self._local.install(Snapshot.build(slug, version, statuses, prepared.encoded if own else None),
-                            fetched_at, updates, resync=force and current is not None)
+        self._local.install(Snapshot.build(slug, epoch, version, statuses,
+                                           prepared.encoded if own else None), fetched_at, updates)
 
 
 def make_store(config: Config, on_change: Callable[..., None],
                clock: Callable[[], float] = time.monotonic) -> Store:
     if config.redis_url:
-        return RedisStore(config.redis_url, on_change, config.poll_lease_ttl)
-    return LocalStore(on_change, clock)
+        return RedisStore(config.redis_url, on_change, config.poll_lease_ttl, config.sse_history)
+    return LocalStore(on_change, clock, config.sse_history)
 
 
 @dataclass
@@ -1736,7 +1871,7 @@ class StatusService:
 # --------------------------------------------------------------------------- SSE
 
 # What the fanout hands a stream, one case each. A stream writes them in order and
-# keeps the version it last sent, so each case knows what to write.
+# keeps the (epoch, version) it last sent, so each case knows what to write.
 
 @dataclass(frozen=True, slots=True)
 class Ping:
@@ -1745,43 +1880,55 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    snapshot: Snapshot      # the step from the version before to this one:
+    snapshot: Snapshot      # the step to this version from `base`, an (epoch, version):
     message: bytes          # its bulk_update (b"" if nothing visible changed)
+    base: tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
 class Full:
-    snapshot: Snapshot      # no step from the version before: sent whole, if newer
+    snapshot: Snapshot      # no step from the version before: sent whole, if newer or of
+                            # another epoch (a new line replaces whatever the stream held)
 
 
-@dataclass(frozen=True, slots=True)
-class Resync:
-    snapshot: Snapshot      # the line of versions was replaced: sent whole, whatever held
+Delivery = Ping | Delta | Full
 
 
-Delivery = Ping | Delta | Full | Resync
+def parse_event_id(text: str | None) -> tuple[str, int] | None:
+    """`<epoch>-<version>` -> (epoch, version); None for anything else."""
+    epoch, _, version = (text or "").strip().rpartition("-")
+    if not (epoch.isalnum() and version.isdecimal() and (epoch + version).isascii()):
+        return None
+    return epoch, int(version)
+
+
+def retry_message(retry_ms: int, spread_ms: int, rand: Callable[[], float] = random.random) -> bytes:
+    """A `retry:` of its own for a stream sent away, drawn from [retry, retry + spread],
+    so that a crowd sent away together does not come back together."""
+    return SSEMessage(retry=retry_ms + int(spread_ms * rand())).encode()
 
 
 class Stream:
     """One open stream: a bounded mailbox the fanout fills (a list and an Event: a tenth
     of a gevent Queue's memory, emptied in one write), and the response body: `connected`,
-    the full snapshot, then changes and pings. The WSGI server gets it as it is
-    (`direct_passthrough`) and calls `close()` at the end, or Werkzeug does for a HEAD."""
+    then the full snapshot, or for a client resuming from `last_event_id` what it missed
+    (one merged bulk_update, or nothing if it is current), then changes and pings. The
+    WSGI server gets it as it is (`direct_passthrough`) and calls `close()` at the end."""
 
-    __slots__ = ("_fanout", "_pending", "_read", "_ready", "_retry_ms", "_socket", "_watcher",
-                 "closed", "slug")
+    __slots__ = ("_fanout", "_last_event_id", "_pending", "_ready", "_socket", "_store",
+                 "_watcher", "closed", "slug")
 
-    def __init__(self, fanout: Fanout, slug: str, sock: socket.socket | None,
-                 read: Callable[[str], tuple[Snapshot | None, float]], retry_ms: int):
+    def __init__(self, fanout: Fanout, store: Store, slug: str, sock: socket.socket | None,
+                 last_event_id: str | None = None):
         self.slug = slug
         self.closed = False
         self._fanout = fanout
+        self._store = store
         self._pending: list[Delivery] = []
         self._ready = gevent.event.Event()
         self._socket = sock
         self._watcher = None
-        self._read = read
-        self._retry_ms = retry_ms
+        self._last_event_id = last_event_id
 
     def offer(self, delivery: Delivery) -> bool:
         """Queue a delivery; False if the mailbox is full (the reader fell behind)."""
@@ -1804,31 +1951,36 @@ class Stream:
         return taken
 
     def __iter__(self) -> Iterator[bytes]:
-        yield SSEMessage(event="connected", data=json.dumps({"project": self.slug}),
-                         retry=self._retry_ms).encode()
+        snapshot = self._store.read(self.slug)[0]
+        resumed = parse_event_id(self._last_event_id)
+        changes = self._store.changes_since(self.slug, *resumed) if resumed and snapshot else None
+        self._last_event_id = None
+        yield self._fanout.connected_message(self.slug, changes is not None)
         self._watch_disconnect()
-        sent = 0
-        snapshot = self._read(self.slug)[0]
+        sent = None                          # the (epoch, version) the client holds
         if snapshot is not None:
-            yield snapshot.event
-            sent = snapshot.version
+            if changes is None:
+                yield snapshot.event
+            elif resumed[1] != snapshot.version:
+                yield _bulk_update(changes, snapshot.id)
+            sent = (snapshot.epoch, snapshot.version)
         while (deliveries := self._take()) is not None:
             chunks = []
             for delivery in deliveries:
                 match delivery:
                     case Ping(message):
                         chunks.append(message)
-                    case Delta(snapshot, message) if snapshot.version == sent + 1:
+                    case Delta(snapshot, message, base) if sent == base:
                         chunks.append(message)
-                        sent = snapshot.version
-                    case Resync(snapshot):
+                        sent = (snapshot.epoch, snapshot.version)
+                    case Delta(snapshot) | Full(snapshot) if (
+                            sent is None or sent[0] != snapshot.epoch or snapshot.version > sent[1]):
                         chunks.append(snapshot.event)
-                        sent = snapshot.version
-                    case Delta(snapshot) | Full(snapshot) if snapshot.version > sent:
-                        chunks.append(snapshot.event)
-                        sent = snapshot.version
+                        sent = (snapshot.epoch, snapshot.version)
             if any(chunks):
                 yield b"".join(chunks)
+        if self._fanout.closing:
+            yield self._fanout.sent_away()   # shutting down: come back, but not all at once
 
     def _watch_disconnect(self) -> None:
         """End as soon as the client hangs up, not at the next failed write: an I/O
@@ -1932,20 +2084,23 @@ class Fanout:
                 channel.poller.kill(block=False)
 
     def publish(self, snapshot: Snapshot, updates: dict[str, str] | None,
-                resync: bool = False) -> None:
-        """Fan a new snapshot version out to the project's subscribers, encoded once."""
+                base: tuple[str, int]) -> None:
+        """Fan a new snapshot version out to the project's streams, encoded once."""
         channel = self._channels.get(snapshot.slug)
         if channel is None:
             return
-        if resync:
-            delivery: Delivery = Resync(snapshot)
-        elif updates is None:
-            delivery = Full(snapshot)
+        if updates is None:
+            delivery: Delivery = Full(snapshot)
         else:
-            message = SSEMessage(event="bulk_update", data=json.dumps({"updates": updates}),
-                                 id=snapshot.version).encode() if updates else b""
-            delivery = Delta(snapshot, message)
+            delivery = Delta(snapshot, _bulk_update(updates, snapshot.id) if updates else b"", base)
         self._offer(channel, delivery)
+
+    def connected_message(self, slug: str, resumed: bool) -> bytes:
+        return SSEMessage(event="connected", data=json.dumps({"project": slug, "resumed": resumed}),
+                          retry=self._config.sse_retry_ms).encode()
+
+    def sent_away(self) -> bytes:
+        return retry_message(self._config.sse_retry_ms, self._config.sse_reconnect_spread_ms)
 
     def _offer(self, channel: _Channel, delivery: Delivery) -> None:
         for stream in tuple(channel.subscribers):
@@ -1991,10 +2146,14 @@ class Fanout:
             self._pinger.kill(block=False)
 
 
-def come_back_later(retry_ms: int) -> Response:
+def _bulk_update(updates: Mapping[str, str], event_id: str) -> bytes:
+    return SSEMessage(event="bulk_update", data=json.dumps({"updates": updates}), id=event_id).encode()
+
+
+def come_back_later(config: Config) -> Response:
     """A stream answer that ends at once and makes EventSource reconnect, jittered."""
-    retry = int(retry_ms * (1 + random.random()))
-    response = Response(SSEMessage(retry=retry).encode(), 200, content_type="text/event-stream")
+    response = Response(retry_message(config.sse_retry_ms, config.sse_reconnect_spread_ms), 200,
+                        content_type="text/event-stream")
     response.headers["Connection"] = "close"  # and free the connection for someone else
     return response
 
@@ -2078,18 +2237,22 @@ def refresh_status(slug: str):
 @routes.get("/api/public/<slug>/status/stream")
 def stream_status(slug: str):
     public = _public()
-    retry_ms = public.config.sse_retry_ms
     try:
         project = _find_project(slug)
+        if public.store.read(slug)[0] is None:
+            public.store.sync(slug)  # a project new to this worker may be known elsewhere
         if project.config_error and public.store.read(slug)[0] is None:
             raise StreamsFull()  # nothing to show until its config is fixed: come back
         stream: Any = iter(())   # a HEAD asks whether a stream would open, and opens none
         if request.method != "HEAD":
-            stream = Stream(public.fanout, project.slug, _client_socket(request.environ),
-                            public.store.read, retry_ms)
+            # EventSource sends the last id it saw when it reconnects; a page that kept
+            # its statuses may pass one on its first connect. The header wins.
+            last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
+            stream = Stream(public.fanout, public.store, project.slug,
+                            _client_socket(request.environ), last_event_id)
             public.fanout.subscribe(stream)
     except (DatabaseUnavailable, DatabaseBusy, StreamsFull):
-        return come_back_later(retry_ms)
+        return come_back_later(public.config)
     response = Response(stream, 200, content_type="text/event-stream", direct_passthrough=True)
     # The SPEC's keep-alive; an HTTP/1.0 body ends when the connection does.
     http_1_0 = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.0"
@@ -2110,10 +2273,23 @@ def _client_socket(environ: Mapping[str, Any]) -> socket.socket | None:
 
 @routes.get("/")
 def board():
-    """The live status board (board.html): static, so browsers may keep it, revalidating."""
-    response = Response(_public().board_page, 200, content_type="text/html; charset=utf-8")
+    """The live status board (board.html), on public-status.js."""
+    return _static("board.html", "text/html; charset=utf-8")
+
+
+@routes.get("/public-status.js")
+def client_script():
+    """The client for any page: EventSource, resumed and reopened (public-status.js)."""
+    return _static("public-status.js", "text/javascript; charset=utf-8")
+
+
+def _static(name: str, content_type: str) -> Response:
+    """A file that changes with a deploy: browsers keep it and revalidate (a 304)."""
+    body = _public().static_files[name]
+    response = Response(body, 200, content_type=content_type)
     response.headers["Cache-Control"] = "no-cache"
-    return response
+    response.set_etag(hashlib.sha1(body).hexdigest()[:16])
+    return response.make_conditional(request)
 
 
 @routes.get("/healthz")
@@ -2383,7 +2559,7 @@ class PublicStatus:
     fanout: Fanout
     metrics: Metrics
     redactor: SecretRedactor
-    board_page: bytes
+    static_files: Mapping[str, bytes]
     public_headers: tuple[tuple[str, str], ...]
     connections: ConnectionGuard
 
@@ -2417,11 +2593,12 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
 
     app = Flask(__name__)
     app.url_map.merge_slashes = False  # `/api//public/x/status` must not be a 308
-    board_page = Path(__file__).with_name("board.html").read_bytes()
+    here = Path(__file__).parent
+    static_files = {name: (here / name).read_bytes() for name in ("board.html", "public-status.js")}
     headers = (("Access-Control-Allow-Origin", config.cors_allow_origin),  # public_headers()
                ("Access-Control-Expose-Headers", "Retry-After"), ("Cache-Control", "no-store"))
     public = PublicStatus(config, db, directory, store, service, fanout, metrics, redactor,
-                          board_page, headers, ConnectionGuard(config))
+                          static_files, headers, ConnectionGuard(config))
     app.extensions["public_status"] = public
     app.register_blueprint(routes)
     app.wsgi_app = WarmStatusFastPath(app.wsgi_app, public)

@@ -125,6 +125,103 @@ class Streams:
         trigger.close()
         return summary([(t - started) * 1000 for t in arrived.values()], len(fds))
 
+    def storm_open(self, port, paths, count, batch=250):
+        """Open `count` streams over `paths` (round robin), each past its first snapshot;
+        every stream remembers the last id and `retry:` it saw, for the storm."""
+        self.storm = {}
+        errors = 0
+        for start in range(0, count, batch):
+            fds = []
+            for n in range(start, min(count, start + batch)):
+                try:
+                    fd = self._connect(port, paths[n % len(paths)])
+                except OSError:
+                    errors += 1
+                    continue
+                fds.append(fd)
+                self.storm[fd] = {"path": paths[n % len(paths)], "text": b""}
+            arrived = self._wait_for(fds, b"status_update", 30)
+            errors += len(fds) - len(arrived)
+        return {"ready": len(self.storm) - errors, "errors": errors}
+
+    def storm_follow(self, port, resume, timeout=40):
+        """The servers sent every stream away: reconnect each, after the `retry:` it was
+        sent, to `port` (with Last-Event-ID if `resume`), and time its way back: until
+        `connected` (back) and until it is current (a resumed `connected`, or a full
+        `status_update`). Reconnect times are seconds after the first close."""
+        import heapq
+        import re
+        closed_at, schedule, results, errors = None, [], [], 0
+        streams = self.storm
+        epoll = self.epoll
+        deadline = time.monotonic() + timeout
+        following = {}  # fd -> {"started", "bytes", "back"}
+        while (streams or schedule or following) and time.monotonic() < deadline:
+            now = time.monotonic()
+            while schedule and schedule[0][0] <= now:
+                _, _, info = heapq.heappop(schedule)
+                headers = f"Last-Event-ID: {info['id']}\r\n" if resume and info.get("id") else ""
+                try:
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                except OSError:
+                    errors += 1
+                    continue
+                sock.sendall((f"GET {info['path']} HTTP/1.1\r\nHost: bench\r\n"
+                              f"Accept: text/event-stream\r\n{headers}\r\n").encode())
+                sock.setblocking(False)
+                fd = sock.fileno()
+                self.sockets[fd] = sock
+                self.buffers[fd] = b""
+                epoll.register(fd, select.EPOLLIN)
+                following[fd] = {"started": now - closed_at, "bytes": 0, "text": b"", "back": None}
+            timeout_ms = max(0.0, min(0.05, (schedule[0][0] - now) if schedule else 0.05))
+            for fd, _ in epoll.poll(timeout_ms):
+                sock = self.sockets.get(fd)
+                if sock is None:
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                now = time.monotonic()
+                if fd in streams:                      # an old stream: closing, or talking
+                    info = streams[fd]
+                    info["text"] = (info["text"] + data)[-4096:]
+                    for found in re.finditer(rb"^id: (\S+)$", info["text"], re.M):
+                        info["id"] = found.group(1).decode()
+                    if not data:
+                        closed_at = closed_at or now
+                        retries = re.findall(rb"^retry: (\d+)$", info["text"], re.M)
+                        retry = int(retries[-1]) / 1000 if retries else 3.0
+                        info["retry"] = retry
+                        heapq.heappush(schedule, (now + retry, fd, info))
+                        del streams[fd]
+                        self._drop(fd)
+                    continue
+                entry = following.get(fd)
+                if entry is None:
+                    continue
+                if not data:
+                    errors += 1
+                    del following[fd]
+                    self._drop(fd)
+                    continue
+                entry["bytes"] += len(data)
+                entry["text"] += data
+                if entry["back"] is None and b"event: connected" in entry["text"]:
+                    entry["back"] = now - closed_at
+                resumed = b'"resumed": true' in entry["text"]
+                if entry["back"] is not None and (resumed or (b"event: status_update" in entry["text"]
+                                                  and entry["text"].endswith(b"\n\n"))):
+                    results.append({"reconnected": entry["started"], "back": entry["back"],
+                                    "current": now - closed_at, "bytes": entry["bytes"],
+                                    "resumed": resumed})
+                    del following[fd]
+                    self._drop(fd)
+        return {"results": results, "errors": errors, "lost": len(streams) + len(schedule) + len(following)}
+
     def close_all(self):
         for fd in list(self.sockets):
             self._drop(fd)

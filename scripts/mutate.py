@@ -212,18 +212,17 @@ def make_mutants(source: str) -> list[Mutant]:
     return mutants
 
 
-def run(mutant: Mutant, workdir: Path) -> tuple[Mutant, str, float]:
+def run(mutant: Mutant, workdir: Path) -> tuple[Mutant, str, str]:
+    """(mutant, "survived" or "killed", what pytest said last)."""
     (workdir / "public_service.py").write_text(mutant.source)
-    started = time.monotonic()
     try:
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS],
-            cwd=workdir, capture_output=True, timeout=TIMEOUT,
+            cwd=workdir, capture_output=True, text=True, timeout=TIMEOUT,
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-        outcome = "survived" if result.returncode == 0 else "killed"
+        return mutant, "survived" if result.returncode == 0 else "killed", result.stdout[-3000:]
     except subprocess.TimeoutExpired:
-        outcome = "killed (timeout)"
-    return mutant, outcome, time.monotonic() - started
+        return mutant, "killed", "timeout"
 
 
 def main() -> None:
@@ -231,7 +230,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="run an evenly spread sample of this many")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     options = parser.parse_args()
-    mutants = make_mutants(MODULE.read_text())
+    source = MODULE.read_text()        # once: the file may change while the run goes on
+    mutants = make_mutants(source)
     total = len(mutants)
     if options.limit and options.limit < total:
         step = total / options.limit
@@ -246,9 +246,9 @@ def main() -> None:
             elif (ROOT / name).exists():
                 shutil.copy(ROOT / name, workdir / name)
         workdirs.append(workdir)
-    clean = run(Mutant("-", 0, "no change", MODULE.read_text()), workdirs[0])
+    clean = run(Mutant("-", 0, "no change", source), workdirs[0])
     if clean[1] != "survived":
-        raise SystemExit("the unmutated module fails the tests; fix that first")
+        raise SystemExit(f"the unmutated module fails the tests; fix that first:\n{clean[2]}")
     print(f"{len(mutants)} of {total} mutants, {options.jobs} at a time", flush=True)
     survivors, done = [], 0
     free = list(workdirs)

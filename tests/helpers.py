@@ -488,3 +488,64 @@ def metric(service_url: str, name: str, labels: str = "") -> float:
         if line.startswith(key + " "):
             return float(line.split()[-1])
     raise KeyError(key)
+
+
+# --------------------------------------------------------------------------- a real proxy
+
+
+def readme_nginx_snippet() -> str:
+    """The nginx configuration of the README, as it is written there."""
+    text = (ROOT / "README.md").read_text()
+    return re.search(r"```nginx\n(.*?)```", text, re.S).group(1)
+
+
+class Nginx:
+    """Debian's nginx on a free loopback port, in front of a service port, configured
+    with the README's snippet (only its two ports changed). `stop()` and `start()`."""
+
+    def __init__(self, service_port: int):
+        import tempfile
+
+        self.home = Path(tempfile.mkdtemp(prefix="nginx-"))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        snippet = (readme_nginx_snippet()
+                   .replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{service_port};")
+                   .replace("listen 80;", f"listen 127.0.0.1:{self.port};"))
+        temp = " ".join(f"{kind}_temp_path {self.home}/{kind};"
+                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        user = "user root;" if os.geteuid() == 0 else ""
+        (self.home / "nginx.conf").write_text(f"""
+{user}
+worker_processes 1;
+daemon off;
+pid {self.home}/nginx.pid;
+error_log {self.home}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    {temp}
+{snippet}
+}}
+""")
+        self.process = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(["nginx", "-p", str(self.home), "-c", str(self.home / "nginx.conf")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for(self._answers, timeout=10)
+
+    def _answers(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)

@@ -1,10 +1,14 @@
 """The live status board in headless Chromium against the real service."""
 
+import json
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from browser import Browser
+from helpers import Nginx
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -74,7 +78,7 @@ def test_the_board_works_from_another_origin(start_service, browser, building, u
 def test_an_unknown_project_says_so(start_service, browser):
     service = start_service()
     browser.goto(f"{service.url}/?project=no-such-project")
-    assert browser.wait_for(f"{STATE} === 'closed'", timeout=5)
+    assert browser.wait_for(f"{STATE} === 'unknown'", timeout=10)
     assert "no-such-project" in browser.evaluate("document.getElementById('message').textContent")
 
 
@@ -82,3 +86,74 @@ def test_without_a_project_the_board_says_how_to_pick_one(start_service, browser
     service = start_service()
     browser.goto(f"{service.url}/")
     assert "?project=" in browser.wait_for("document.getElementById('message').textContent")
+
+
+# --------------------------------------------------------------------------- behind nginx
+
+LIVE = "window.board && window.board.live"
+STATS = f"{LIVE} && JSON.stringify(window.board.live.stats)"
+
+
+def tile_is(browser, unit, status, timeout=10):
+    browser.wait_for(f"document.querySelector('[data-unit=\"{unit}\"]')?.dataset.status === '{status}'",
+                     timeout=timeout)
+
+
+@pytest.fixture
+def behind_nginx(start_service, browser, building):
+    """The board of `building`, live, through nginx (the README's configuration)."""
+    slug, _ = building
+    service = start_service()
+    proxy = Nginx(service.port)
+    browser.goto(f"{proxy.url}/?project={slug}")
+    assert browser.wait_for(f"{STATE} === 'live'")
+    browser.wait_for("document.querySelectorAll('[data-unit]').length === 12")
+    yield service, proxy
+    proxy.stop()
+
+
+def test_behind_nginx_the_board_lives_through_a_restart(behind_nginx, start_service, browser,
+                                                         building, upstream):
+    """The service stops for longer than `retry:`: nginx answers 502, on which the
+    browser's EventSource gives up for good; the client reopens it after the restart."""
+    service, _ = behind_nginx
+    slug, statuses = building
+    port = service.port
+    service.stop()
+    assert browser.wait_for(f"{STATE} === 'reconnecting'", timeout=5)
+    time.sleep(1.5)                                   # several retries' worth of 502s
+    assert "No live statuses" not in browser.evaluate("document.getElementById('message').textContent")
+    assert browser.evaluate("document.querySelectorAll('[data-unit]').length") == 12
+    upstream.set_statuses(f"/{slug}", {**statuses, "101": "sold"})
+    start_service(port=port)
+    assert browser.wait_for(f"{STATE} === 'live'", timeout=20)
+    tile_is(browser, "101", "sold")
+    stats = json.loads(browser.evaluate(STATS))
+    assert stats["opened"] >= 2                       # the client opened a new EventSource
+
+
+def test_behind_nginx_a_change_made_while_away_comes_by_resume(behind_nginx, browser, building,
+                                                                upstream):
+    service, proxy = behind_nginx
+    slug, statuses = building
+    proxy.stop()                                      # the viewer's network is gone
+    assert browser.wait_for(f"{STATE} === 'reconnecting'", timeout=5)
+    upstream.set_statuses(f"/{slug}", {**statuses, "102": "closed", "103": "held"})
+    answer = requests.post(f"{service.url}/api/public/{slug}/status/refresh", timeout=5)
+    assert answer.status_code == 200                  # committed while the viewer is away
+    proxy.start()
+    tile_is(browser, "102", "sold")
+    tile_is(browser, "103", "reserved")
+    stats = json.loads(browser.evaluate(STATS))
+    assert stats["resumed"] >= 1 and stats["snapshots"] == 1   # one bulk_update, no snapshot
+
+
+def test_behind_nginx_an_unknown_project_says_so(start_service, browser):
+    service = start_service()
+    proxy = Nginx(service.port)
+    try:
+        browser.goto(f"{proxy.url}/?project=no-such-project")
+        assert browser.wait_for(f"{STATE} === 'unknown'", timeout=10)
+        assert "no-such-project" in browser.evaluate("document.getElementById('message').textContent")
+    finally:
+        proxy.stop()

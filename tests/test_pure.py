@@ -14,6 +14,9 @@ from public_service import (
     STATUSES,
     Config,
     ConfigError,
+    Fetched,
+    History,
+    LocalStore,
     Snapshot,
     SSEMessage,
     StatusParseError,
@@ -28,7 +31,9 @@ from public_service import (
     normalize_key,
     normalize_status,
     normalize_statuses,
+    parse_event_id,
     project_from_row,
+    retry_message,
     split_userinfo,
 )
 
@@ -252,11 +257,12 @@ def test_sse_messages_compare_by_value():
 
 
 def test_snapshot_carries_its_encodings():
-    snapshot = Snapshot.build("demo", 3, {"A1": "sold", "A2": "available"})
+    snapshot = Snapshot.build("demo", "e1f", 3, {"A1": "sold", "A2": "available"})
     assert json.loads(snapshot.body) == {
         "project": "demo", "statuses": {"A1": "sold", "A2": "available"}, "count": 2}
     assert snapshot.event == (
-        b'id: 3\nevent: status_update\ndata: {"statuses": {"A1": "sold", "A2": "available"}}\n\n')
+        b'id: e1f-3\nevent: status_update\ndata: {"statuses": {"A1": "sold", "A2": "available"}}\n\n')
+    assert snapshot.id == "e1f-3"
 
 
 # --------------------------------------------------------------------------- URLs and auth
@@ -563,3 +569,83 @@ def test_the_root_cause_of_a_chain_of_errors():
     looped.__context__.__context__ = looped                 # a cycle ends, it does not spin
     assert public_service._root_cause(looped) in ("ValueError", "KeyError")
     assert public_service._root_cause(ValueError("alone")) == "ValueError"
+
+
+# --------------------------------------------------------------------------- resume
+
+@pytest.mark.parametrize(("text", "parsed"), [
+    ("a1b2c3-17", ("a1b2c3", 17)), ("e-0", ("e", 0)), ("  f00-5 ", ("f00", 5)),
+    ("garbage", None), ("", None), (None, None), ("-5", None), ("e--5", None), ("e-1.5", None),
+    ("e-", None), ("e-x", None), ("é-1", None), ("a b-1", None), ("e-٣", None),
+])
+def test_event_ids(text, parsed):
+    assert parse_event_id(text) == parsed
+
+
+def test_a_sent_away_stream_gets_its_own_retry_within_the_spread():
+    assert retry_message(3000, 5000, lambda: 0.0) == b"retry: 3000\n\n"
+    assert retry_message(3000, 5000, lambda: 0.9999) == b"retry: 7999\n\n"
+    assert len({retry_message(3000, 5000) for _ in range(50)}) > 10
+
+
+def test_history_is_bounded_by_count_and_by_bytes():
+    history = History(bound=3)
+    for version in range(1, 6):
+        history.add(version, [f"U{version}"])
+    assert history.since(2, 5) == {"U3", "U4", "U5"}
+    assert history.since(1, 5) is None                     # reached back only to 3
+    assert history.since(5, 5) == set()
+    big = History(bound=100)
+    for version in range(1, 4):
+        big.add(version, [f"unit-{version}-{n:06d}" for n in range(10_000)])
+    assert big.bytes <= public_service.HISTORY_BYTES
+    assert big.since(2, 3) is not None and big.since(1, 3) is None
+
+
+def test_history_starts_again_after_a_gap():
+    history = History(bound=10)
+    history.add(1, ["A"])
+    history.add(3, ["B"])                                  # 2 was never seen: no line
+    assert history.since(1, 3) is None and history.since(2, 3) == {"B"}
+
+
+@pytest.fixture
+def store():
+    changes = []
+    local = LocalStore(on_change=lambda *change: changes.append(change), history=10)
+    local.changes = changes
+    return local
+
+
+def commit(store, statuses):
+    return store.commit("p", Fetched.over(store.read("p")[0], statuses, []))
+
+
+def test_changes_since_merges_what_a_client_missed_with_current_statuses(store):
+    first = commit(store, {"A1": "available", "A2": "available", "A3": "sold"})
+    commit(store, {"A1": "reserved", "A2": "available", "A3": "sold"})
+    commit(store, {"A1": "sold", "A2": "available"})               # A3 went away
+    current = commit(store, {"A1": "sold", "A2": "available", "A4": "available"})
+    assert store.changes_since("p", first.epoch, first.version) == {
+        "A1": "sold", "A3": "hidden", "A4": "available"}
+    assert store.changes_since("p", current.epoch, current.version) == {}
+    assert store.changes_since("p", current.epoch, current.version + 1) is None   # future
+    assert store.changes_since("p", "other", first.version) is None               # another epoch
+    assert store.changes_since("nothing", first.epoch, 1) is None
+
+
+def test_ids_start_at_one_in_an_epoch_of_each_store():
+    one, two = (LocalStore(lambda *change: None) for _ in range(2))
+    assert one.epoch != two.epoch
+    assert commit(one, {"A1": "sold"}).id == f"{one.epoch}-1"
+
+
+def test_a_change_to_a_shared_line_starts_a_line_of_its_own_stepping_from_it(store):
+    shared = Snapshot.build("p", "shared", 17, {"A1": "sold"})
+    store.install(shared, 0, None, history=[(16, ["A1"]), (17, ["A1"])])
+    assert store.changes_since("p", "shared", 16) == {"A1": "sold"}
+    assert commit(store, {"A1": "sold"}) is shared                  # unchanged: kept
+    mine = commit(store, {"A1": "available"})
+    assert (mine.epoch, mine.version) == (store.epoch, 1)
+    assert store.changes[-1] == (mine, {"A1": "available"}, ("shared", 17))  # a step from it
+    assert store.changes_since("p", "shared", 17) is None

@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 PORT   ?= 8000
 
-.PHONY: run test test-fast bench bench-full lint mutate clean
+.PHONY: run test test-fast bench bench-full storm attack lint mutate clean
 
 run: $(VENV)/.runtime
 	PATH="$(abspath $(VENV))/bin:$$PATH" PORT=$(PORT) $(PYTHON) demo.py
@@ -24,6 +24,13 @@ bench bench-full: $(VENV)/.dev
 	scripts/ensure-services.sh
 	scripts/ensure-tool.sh wrk
 	$(PYTHON) bench/run.py $(if $(filter bench-full,$@),--full)
+
+# A deploy of 5,000 streams (bench/storm.py) and the edge probed as an attacker would
+# (bench/attack.py): figures printed, raw ones in bench/results/.
+storm attack: $(VENV)/.dev
+	scripts/ensure-services.sh
+	scripts/ensure-tool.sh redis-server
+	$(PYTHON) bench/$@.py
 
 lint: $(VENV)/.dev
 	$(PYTHON) -m ruff check .

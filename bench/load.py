@@ -6,6 +6,7 @@ each answer leaves as one JSON line on stdout.
 """
 
 import json
+import re
 import resource
 import select
 import socket
@@ -127,21 +128,35 @@ class Streams:
 
     def storm_open(self, port, paths, count, batch=250):
         """Open `count` streams over `paths` (round robin), each past its first snapshot;
-        every stream remembers the last id and `retry:` it saw, for the storm."""
+        every stream keeps what it received, for its last id when it is sent away."""
         self.storm = {}
         errors = 0
         for start in range(0, count, batch):
-            fds = []
+            waiting = set()
             for n in range(start, min(count, start + batch)):
                 try:
                     fd = self._connect(port, paths[n % len(paths)])
                 except OSError:
                     errors += 1
                     continue
-                fds.append(fd)
+                waiting.add(fd)
                 self.storm[fd] = {"path": paths[n % len(paths)], "text": b""}
-            arrived = self._wait_for(fds, b"status_update", 30)
-            errors += len(fds) - len(arrived)
+            deadline = time.monotonic() + 30
+            while waiting and time.monotonic() < deadline:
+                for fd, _ in self.epoll.poll(0.05):
+                    try:
+                        data = self.sockets[fd].recv(65536)
+                    except BlockingIOError:
+                        continue
+                    info = self.storm[fd]
+                    info["text"] = info["text"] + data
+                    for found in re.finditer(rb"^id: (\S+)$", info["text"], re.M):
+                        info["id"] = found.group(1).decode()
+                    info["text"] = info["text"][-8192:]
+                    at = info["text"].find(b"event: status_update")
+                    if at >= 0 and info["text"].find(b"\n\n", at) >= 0:
+                        waiting.discard(fd)
+            errors += len(waiting)
         return {"ready": len(self.storm) - errors, "errors": errors}
 
     def storm_follow(self, port, resume, timeout=40):
@@ -188,9 +203,10 @@ class Streams:
                 now = time.monotonic()
                 if fd in streams:                      # an old stream: closing, or talking
                     info = streams[fd]
-                    info["text"] = (info["text"] + data)[-4096:]
+                    info["text"] = info["text"] + data
                     for found in re.finditer(rb"^id: (\S+)$", info["text"], re.M):
                         info["id"] = found.group(1).decode()
+                    info["text"] = info["text"][-8192:]
                     if not data:
                         closed_at = closed_at or now
                         retries = re.findall(rb"^retry: (\d+)$", info["text"], re.M)
@@ -213,8 +229,9 @@ class Streams:
                 if entry["back"] is None and b"event: connected" in entry["text"]:
                     entry["back"] = now - closed_at
                 resumed = b'"resumed": true' in entry["text"]
-                if entry["back"] is not None and (resumed or (b"event: status_update" in entry["text"]
-                                                  and entry["text"].endswith(b"\n\n"))):
+                snapshot_at = entry["text"].find(b"event: status_update")
+                whole = snapshot_at >= 0 and entry["text"].find(b"\n\n", snapshot_at) >= 0
+                if entry["back"] is not None and (resumed or whole):
                     results.append({"reconnected": entry["started"], "back": entry["back"],
                                     "current": now - closed_at, "bytes": entry["bytes"],
                                     "resumed": resumed})

@@ -14,6 +14,10 @@ test: $(VENV)/.dev
 	scripts/ensure-services.sh
 	scripts/ensure-tool.sh chromium
 	scripts/ensure-tool.sh nginx
+	scripts/ensure-tool.sh curl
+	scripts/ensure-tool.sh node nodejs
+	scripts/ensure-tool.sh npm
+	cd tests/node && npm ci --silent --no-audit --no-fund
 	scripts/ensure-tool.sh redis-server
 	$(PYTHON) -m pytest
 

@@ -47,6 +47,8 @@ import base64
 import email.parser
 import errno
 import fcntl
+import functools
+import gzip
 import hashlib
 import http.cookiejar
 import json
@@ -60,6 +62,7 @@ import struct
 import termios
 import threading
 import time
+import zlib
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -121,6 +124,7 @@ class Config:
     min_poll_interval: float = 1.0
     header_timeout: float = 10.0
     keepalive_timeout: float = 100.0
+    compression: bool = True
     db_pool_size: int = 5
     db_timeout: float = 5.0
 
@@ -136,6 +140,9 @@ class Config:
         log_format = str(env.get("LOG_FORMAT", "text")).lower()
         if log_format not in ("text", "json"):
             raise ConfigError(f"LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+        compression = str(env.get("COMPRESSION", "on")).lower()
+        if compression not in ("on", "off"):
+            raise ConfigError(f"COMPRESSION must be 'on' or 'off', got {compression!r}")
         return cls(
             database_url=str(database_url),
             port=_env_number(env, "PORT", 8000, int, minimum=0),
@@ -157,6 +164,7 @@ class Config:
             min_poll_interval=_env_number(env, "MIN_POLL_INTERVAL", 1.0),
             header_timeout=_env_number(env, "HEADER_TIMEOUT", 10.0),
             keepalive_timeout=_env_number(env, "KEEPALIVE_TIMEOUT", 100.0),
+            compression=compression == "on",
             db_pool_size=_env_number(env, "DB_POOL_SIZE", 5, int, minimum=1),
             db_timeout=_env_number(env, "DB_TIMEOUT", 5.0),
         )
@@ -431,6 +439,72 @@ def _one_line(value: str) -> str:
     return _SSE_LINE_BREAK.sub(" ", value).replace("\0", "")
 
 
+class Wire:
+    """One SSE message, made once for all its streams: its bytes as they are, and the
+    first time a compressed stream asks, as a self-contained piece of a deflate stream
+    (`deflate_piece`; for a message of one connection, a stored block: no compressor)."""
+
+    __slots__ = ("_piece", "_stored", "plain")
+
+    def __init__(self, plain: bytes, stored: bool = False):
+        self.plain = plain
+        self._stored = stored
+        self._piece: bytes | None = None
+
+    @property
+    def piece(self) -> bytes:
+        if self._piece is None:
+            stored = stored_piece(self.plain)
+            self._piece = stored if self._stored else min(deflate_piece(self.plain), stored, key=len)
+        return self._piece
+
+
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no time
+
+
+def deflate_piece(data: bytes) -> bytes:
+    """`data` compressed as a piece of a deflate stream that stands on its own: a fresh
+    compressor (no back-reference to what came before) ended by a sync flush (byte
+    aligned, not final). After GZIP_HEADER any sequence of such pieces, then
+    `gzip_end`, is a gzip stream, and a decoder inflates each piece as it arrives."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+def stored_piece(data: bytes) -> bytes:
+    """`data` as stored (uncompressed) deflate blocks, not final: for a small message
+    of one connection, cheaper than a compressor, and as valid a piece."""
+    pieces = []
+    for start in range(0, len(data), 0xFFFF):
+        block = data[start:start + 0xFFFF]
+        pieces.append(b"\x00" + struct.pack("<HH", len(block), len(block) ^ 0xFFFF) + block)
+    return b"".join(pieces)
+
+
+def gzip_end(crc: int, size: int) -> bytes:
+    """A final empty block, then the gzip trailer: CRC-32 and length of what was sent."""
+    return b"\x03\x00" + struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an Accept-Encoding header allows gzip (`gzip` or `*`, with a q above 0)."""
+    allowed = {}
+    for coding in (accept_encoding or "").lower().split(","):
+        name, _, params = coding.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        allowed[name.strip()] = q
+    if "gzip" in allowed or "x-gzip" in allowed:
+        return max(allowed.get("gzip", 0), allowed.get("x-gzip", 0)) > 0
+    return allowed.get("*", 0) > 0
+
+
 @dataclass(frozen=True, eq=False)
 class Snapshot:
     """Statuses of one project at one version of one epoch (an unbroken line of
@@ -442,11 +516,16 @@ class Snapshot:
     version: int
     statuses: Mapping[str, str]
     body: bytes = field(repr=False)      # the GET /status response body
-    event: bytes = field(repr=False)     # the `status_update` SSE message
+    event: Wire = field(repr=False)      # the `status_update` SSE message
 
     @property
     def id(self) -> str:
         return f"{self.epoch}-{self.version}"
+
+    @functools.cached_property
+    def gzip_body(self) -> bytes:
+        """The GET body gzipped, made once (for the first client that accepts gzip)."""
+        return gzip.compress(self.body, compresslevel=6, mtime=0)
 
     @classmethod
     def build(cls, slug: str, epoch: str, version: int, statuses: Mapping[str, str],
@@ -458,7 +537,7 @@ class Snapshot:
         body = f'{{"project": {json.dumps(slug)}, "statuses": {encoded}, "count": {len(statuses)}}}'
         event = SSEMessage(event="status_update", data=f'{{"statuses": {encoded}}}',
                            id=f"{epoch}-{version}")
-        return cls(slug, epoch, version, statuses, body.encode(), event.encode())
+        return cls(slug, epoch, version, statuses, body.encode(), Wire(event.encode()))
 
 
 @dataclass(frozen=True, eq=False)
@@ -1875,13 +1954,13 @@ class StatusService:
 
 @dataclass(frozen=True, slots=True)
 class Ping:
-    message: bytes          # a keep-alive, the same bytes for every stream of the worker
+    message: Wire           # a keep-alive, the same bytes for every stream of the worker
 
 
 @dataclass(frozen=True, slots=True)
 class Delta:
     snapshot: Snapshot      # the step to this version from `base`, an (epoch, version):
-    message: bytes          # its bulk_update (b"" if nothing visible changed)
+    message: Wire | None    # its bulk_update (None if nothing visible changed)
     base: tuple[str, int]
 
 
@@ -1915,11 +1994,11 @@ class Stream:
     (one merged bulk_update, or nothing if it is current), then changes and pings. The
     WSGI server gets it as it is (`direct_passthrough`) and calls `close()` at the end."""
 
-    __slots__ = ("_fanout", "_last_event_id", "_pending", "_ready", "_socket", "_store",
-                 "_watcher", "closed", "slug")
+    __slots__ = ("_crc", "_fanout", "_gzip", "_last_event_id", "_pending", "_ready", "_sent",
+                 "_socket", "_store", "_watcher", "closed", "slug")
 
     def __init__(self, fanout: Fanout, store: Store, slug: str, sock: socket.socket | None,
-                 last_event_id: str | None = None):
+                 last_event_id: str | None = None, gzip: bool = False):
         self.slug = slug
         self.closed = False
         self._fanout = fanout
@@ -1929,6 +2008,8 @@ class Stream:
         self._socket = sock
         self._watcher = None
         self._last_event_id = last_event_id
+        self._gzip = gzip             # then what it sent so far: its CRC-32 and length
+        self._crc = self._sent = 0
 
     def offer(self, delivery: Delivery) -> bool:
         """Queue a delivery; False if the mailbox is full (the reader fell behind)."""
@@ -1955,14 +2036,15 @@ class Stream:
         resumed = parse_event_id(self._last_event_id)
         changes = self._store.changes_since(self.slug, *resumed) if resumed and snapshot else None
         self._last_event_id = None
-        yield self._fanout.connected_message(self.slug, changes is not None)
+        connected = self._encode([self._fanout.connected_message(self.slug, changes is not None)])
+        yield GZIP_HEADER + connected if self._gzip else connected
         self._watch_disconnect()
         sent = None                          # the (epoch, version) the client holds
         if snapshot is not None:
-            if changes is None:
-                yield snapshot.event
+            if changes is None:              # written as it is: the bytes all streams share
+                yield self._encode([snapshot.event])
             elif resumed[1] != snapshot.version:
-                yield _bulk_update(changes, snapshot.id)
+                yield self._encode([Wire(_bulk_update(changes, snapshot.id))])
             sent = (snapshot.epoch, snapshot.version)
         while (deliveries := self._take()) is not None:
             chunks = []
@@ -1971,16 +2053,31 @@ class Stream:
                     case Ping(message):
                         chunks.append(message)
                     case Delta(snapshot, message, base) if sent == base:
-                        chunks.append(message)
+                        if message is not None:
+                            chunks.append(message)
                         sent = (snapshot.epoch, snapshot.version)
                     case Delta(snapshot) | Full(snapshot) if (
                             sent is None or sent[0] != snapshot.epoch or snapshot.version > sent[1]):
                         chunks.append(snapshot.event)
                         sent = (snapshot.epoch, snapshot.version)
-            if any(chunks):
-                yield b"".join(chunks)
-        if self._fanout.closing:
-            yield self._fanout.sent_away()   # shutting down: come back, but not all at once
+            if chunks:
+                yield self._encode(chunks)
+        if self._fanout.closing:             # shutting down: come back, but not all at once
+            yield self._encode([self._fanout.sent_away()])
+        if self._gzip:
+            yield gzip_end(self._crc, self._sent)
+
+    def _encode(self, messages: list[Wire]) -> bytes:
+        """What goes on the wire: the messages as they are, or their shared deflate
+        pieces (this stream only adds them to its CRC and length). One message is
+        written as the object all its streams share, not a copy: the server keeps the
+        last chunk it wrote while the stream waits, and a copy would cost every stream."""
+        if not self._gzip:
+            return b"".join([message.plain for message in messages])
+        for message in messages:
+            self._crc = zlib.crc32(message.plain, self._crc)
+            self._sent += len(message.plain)
+        return b"".join([message.piece for message in messages])
 
     def _watch_disconnect(self) -> None:
         """End as soon as the client hangs up, not at the next failed write: an I/O
@@ -2092,15 +2189,17 @@ class Fanout:
         if updates is None:
             delivery: Delivery = Full(snapshot)
         else:
-            delivery = Delta(snapshot, _bulk_update(updates, snapshot.id) if updates else b"", base)
+            delivery = Delta(snapshot, Wire(_bulk_update(updates, snapshot.id)) if updates else None,
+                             base)
         self._offer(channel, delivery)
 
-    def connected_message(self, slug: str, resumed: bool) -> bytes:
-        return SSEMessage(event="connected", data=json.dumps({"project": slug, "resumed": resumed}),
-                          retry=self._config.sse_retry_ms).encode()
+    def connected_message(self, slug: str, resumed: bool) -> Wire:
+        return Wire(SSEMessage(event="connected", data=json.dumps({"project": slug, "resumed": resumed}),
+                               retry=self._config.sse_retry_ms).encode(), stored=True)
 
-    def sent_away(self) -> bytes:
-        return retry_message(self._config.sse_retry_ms, self._config.sse_reconnect_spread_ms)
+    def sent_away(self) -> Wire:
+        return Wire(retry_message(self._config.sse_retry_ms, self._config.sse_reconnect_spread_ms),
+                    stored=True)
 
     def _offer(self, channel: _Channel, delivery: Delivery) -> None:
         for stream in tuple(channel.subscribers):
@@ -2132,7 +2231,7 @@ class Fanout:
     def _ping_forever(self) -> None:
         while self._channels:
             gevent.sleep(self._config.sse_ping_interval)
-            ping = Ping(SSEMessage(event="ping", data=json.dumps({"time": int(self._wall_clock())})).encode())
+            ping = Ping(Wire(SSEMessage(event="ping", data=json.dumps({"time": int(self._wall_clock())})).encode()))
             for channel in tuple(self._channels.values()):
                 self._offer(channel, ping)
 
@@ -2220,8 +2319,24 @@ def public_error(exc: PublicStatusError):
     return json_error(*PUBLIC_ERRORS[type(exc)], exc.retry_after)
 
 
+# The headers of a compressed answer; Cache-Control keeps proxies from transforming it.
+GZIP_HEADERS = (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding"),
+                ("Cache-Control", "no-store, no-transform"))
+
+
+def _gzip_wanted() -> bool:
+    return _public().config.compression and accepts_gzip(request.headers.get("Accept-Encoding"))
+
+
 def _snapshot_response(snapshot: Snapshot) -> Response:
-    return Response(snapshot.body, 200, content_type="application/json")
+    if _gzip_wanted():
+        response = Response(snapshot.gzip_body, 200, content_type="application/json")
+        response.headers.extend(GZIP_HEADERS)
+    else:
+        response = Response(snapshot.body, 200, content_type="application/json")
+        if _public().config.compression:
+            response.headers["Vary"] = "Accept-Encoding"
+    return response
 
 
 @routes.get("/api/public/<slug>/status")
@@ -2243,17 +2358,22 @@ def stream_status(slug: str):
             public.store.sync(slug)  # a project new to this worker may be known elsewhere
         if project.config_error and public.store.read(slug)[0] is None:
             raise StreamsFull()  # nothing to show until its config is fixed: come back
+        gzip_wanted = _gzip_wanted()
         stream: Any = iter(())   # a HEAD asks whether a stream would open, and opens none
         if request.method != "HEAD":
             # EventSource sends the last id it saw when it reconnects; a page that kept
             # its statuses may pass one on its first connect. The header wins.
             last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
             stream = Stream(public.fanout, public.store, project.slug,
-                            _client_socket(request.environ), last_event_id)
+                            _client_socket(request.environ), last_event_id, gzip_wanted)
             public.fanout.subscribe(stream)
     except (DatabaseUnavailable, DatabaseBusy, StreamsFull):
         return come_back_later(public.config)
     response = Response(stream, 200, content_type="text/event-stream", direct_passthrough=True)
+    if gzip_wanted:
+        response.headers.extend(GZIP_HEADERS)
+    elif public.config.compression:
+        response.headers["Vary"] = "Accept-Encoding"
     # The SPEC's keep-alive; an HTTP/1.0 body ends when the connection does.
     http_1_0 = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.0"
     response.headers["Connection"] = "close" if http_1_0 else "keep-alive"
@@ -2342,7 +2462,10 @@ class WarmStatusFastPath:
         self._store = public.store
         self._ttl = public.config.status_cache_ttl
         self._cache_hits = public.metrics.cache_hits
-        self._headers = list(public.public_headers)
+        self._compression = public.config.compression
+        vary = [("Vary", "Accept-Encoding")] if self._compression else []
+        self._headers = [*vary, *public.public_headers]
+        self._gzip_headers = [*GZIP_HEADERS, *(h for h in public.public_headers if h[0] != "Cache-Control")]
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -2354,10 +2477,14 @@ class WarmStatusFastPath:
                 snapshot, age = self._store.read(slug)
                 if age < self._ttl:
                     self._cache_hits.inc()
+                    if (self._compression and "HTTP_ACCEPT_ENCODING" in environ
+                            and accepts_gzip(environ["HTTP_ACCEPT_ENCODING"])):
+                        body, headers = snapshot.gzip_body, self._gzip_headers
+                    else:
+                        body, headers = snapshot.body, self._headers
                     start_response("200 OK", [("Content-Type", "application/json"),
-                                              ("Content-Length", str(len(snapshot.body))),
-                                              *self._headers])
-                    return [snapshot.body]
+                                              ("Content-Length", str(len(body))), *headers])
+                    return [body]
         return self._wsgi_app(environ, start_response)
 
 

@@ -12,6 +12,7 @@ import select
 import socket
 import sys
 import time
+import zlib
 
 
 def percentile(values, fraction):
@@ -31,9 +32,37 @@ def summary(latencies_ms, expected):
     }
 
 
-def request_bytes(method, path):
+def request_bytes(method, path, gzip=False):
+    encoding = "Accept-Encoding: gzip\r\n" if gzip else ""
     return (f"{method} {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n"
-            "Content-Length: 0\r\n\r\n").encode()
+            f"{encoding}Content-Length: 0\r\n\r\n").encode()
+
+
+class Inflater:
+    """One gzip stream's body as it arrives: the response head skipped, chunks undone,
+    the deflate pieces inflated, so that markers can be found in what it says."""
+
+    def __init__(self):
+        self.head_done = False
+        self.raw = b""
+        self.zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> bytes:
+        self.raw += data
+        if not self.head_done:
+            if b"\r\n\r\n" not in self.raw:
+                return b""
+            self.raw = self.raw.split(b"\r\n\r\n", 1)[1]
+            self.head_done = True
+        body = []
+        while b"\r\n" in self.raw:
+            size_line, rest = self.raw.split(b"\r\n", 1)
+            size = int(size_line, 16)
+            if len(rest) < size + 2:
+                break
+            body.append(rest[:size])
+            self.raw = rest[size + 2:]
+        return self.zlib.decompress(b"".join(body))
 
 
 class Streams:
@@ -41,9 +70,13 @@ class Streams:
         self.epoll = select.epoll()
         self.sockets = {}      # fd -> socket
         self.buffers = {}      # fd -> bytes not yet matched
+        self.inflaters = {}    # fd -> Inflater, for a gzip stream
+        self.wire = {}         # fd -> bytes received on the wire
 
-    def _wait_for(self, fds, marker: bytes, timeout: float) -> dict:
-        """Read until each fd has shown `marker`; {fd: monotonic time it arrived}."""
+    def _wait_for(self, fds, marker: bytes, timeout: float, inflate: bool = True) -> dict:
+        """Read until each fd has shown `marker`; {fd: monotonic time it arrived}. With
+        `inflate` False, a gzip stream's first bytes count as the marker (it is timed
+        as plain ones are, not after this process inflated the streams before it)."""
         arrived = {}
         waiting = set(fds)
         deadline = time.monotonic() + timeout
@@ -60,6 +93,13 @@ class Streams:
                     self._drop(fd)
                     waiting.discard(fd)
                     continue
+                self.wire[fd] += len(data)
+                if fd in self.inflaters:
+                    if not inflate and fd in waiting:
+                        arrived[fd] = now
+                        waiting.discard(fd)
+                        continue
+                    data = self.inflaters[fd].feed(data)
                 buffer = self.buffers[fd] + data
                 if fd in waiting and marker in buffer:
                     arrived[fd] = now
@@ -68,40 +108,48 @@ class Streams:
                 self.buffers[fd] = buffer[-200:]
         return arrived
 
-    def _connect(self, port, path):
+    def _connect(self, port, path, gzip=False):
         sock = socket.socket()
         sock.connect(("127.0.0.1", port))
-        sock.sendall(request_bytes("GET", path))
+        sock.sendall(request_bytes("GET", path, gzip))
         sock.setblocking(False)
         fd = sock.fileno()
         self.sockets[fd] = sock
         self.buffers[fd] = b""
+        self.wire[fd] = 0
+        if gzip:
+            self.inflaters[fd] = Inflater()
         self.epoll.register(fd, select.EPOLLIN)
         return fd
 
     def _drop(self, fd):
         sock = self.sockets.pop(fd, None)
         self.buffers.pop(fd, None)
+        self.inflaters.pop(fd, None)
+        self.wire.pop(fd, None)
         if sock is not None:
             self.epoll.unregister(fd)
             sock.close()
 
-    def open(self, port, path, count, marker, batch=250):
-        """Open `count` streams, `batch` at a time, each waiting for its first `marker`."""
-        errors, ready = 0, 0
+    def open(self, port, path, count, marker, batch=250, gzip=False):
+        """Open `count` streams, `batch` at a time, each waiting for its first `marker`;
+        `gzip` asks for compressed streams. Also: the mean bytes on the wire per stream
+        until then (head, `connected` and the first snapshot)."""
+        errors, ready, wire = 0, 0, 0
         started = time.monotonic()
         while ready + errors < count:
             fds = []
             for _ in range(min(batch, count - ready - errors)):
                 try:
-                    fds.append(self._connect(port, path))
+                    fds.append(self._connect(port, path, gzip))
                 except OSError:
                     errors += 1
             arrived = self._wait_for(fds, marker.encode(), 30)
             ready += len(arrived)
             errors += len(fds) - len(arrived)
+            wire += sum(self.wire.get(fd, 0) for fd in arrived)
         return {"ready": ready, "errors": errors, "seconds": time.monotonic() - started,
-                "open": len(self.sockets)}
+                "open": len(self.sockets), "bytes_per_stream": wire / max(1, ready)}
 
     def first_event(self, port, path, count, marker):
         """Connect one at a time; milliseconds from connect to the first `marker`."""
@@ -116,15 +164,19 @@ class Streams:
         return summary(latencies, count)
 
     def deliver(self, port, method, path, marker, timeout=15):
-        """Send the trigger request; milliseconds until each stream shows `marker`."""
+        """Send the trigger request; milliseconds until each stream shows `marker`, and
+        the mean bytes that took on the wire."""
         fds = list(self.sockets)
+        before = {fd: self.wire[fd] for fd in fds}
         trigger = socket.socket()
         trigger.connect(("127.0.0.1", port))
         started = time.monotonic()
         trigger.sendall(request_bytes(method, path))
-        arrived = self._wait_for(fds, marker.encode(), timeout)
+        arrived = self._wait_for(fds, marker.encode(), timeout, inflate=False)
         trigger.close()
-        return summary([(t - started) * 1000 for t in arrived.values()], len(fds))
+        result = summary([(t - started) * 1000 for t in arrived.values()], len(fds))
+        result["bytes_per_stream"] = sum(self.wire[fd] - before[fd] for fd in arrived) / max(1, len(arrived))
+        return result
 
     def storm_open(self, port, paths, count, batch=250):
         """Open `count` streams over `paths` (round robin), each past its first snapshot;

@@ -112,6 +112,10 @@ class Server:
         status = Path(f"/proc/{self.worker_pid()}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
 
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.worker_pid()}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.process.poll() is not None:
             return
@@ -174,11 +178,12 @@ def get_phase(ours: Server, floor: Server, seconds: int, rounds: int) -> dict:
 
 
 def stream_phase(server: Server, load: LoadGenerator, path: str, initial: str, trigger: tuple,
-                 count: int, changes: int, before_trigger=None) -> dict:
+                 count: int, changes: int, before_trigger=None, gzip: bool = False) -> dict:
     baseline = server.rss_kb()
-    opened = load("open", port=server.port, path=path, count=count, marker=initial)
+    opened = load("open", port=server.port, path=path, count=count, marker=initial, gzip=gzip)
     time.sleep(1)
     held_kb = server.rss_kb() - baseline
+    cpu_before = server.cpu_seconds()
     deliveries = []
     for _ in range(changes):
         if before_trigger:
@@ -187,10 +192,13 @@ def stream_phase(server: Server, load: LoadGenerator, path: str, initial: str, t
         deliveries.append(load("deliver", port=server.port, method=method, path=trigger_path,
                                marker="bulk_update"))
         time.sleep(0.5)
+    cpu = server.cpu_seconds() - cpu_before
     load("close_all")
     latencies_p99 = [d["p99_ms"] for d in deliveries if d["p99_ms"] is not None]
     return {
         "opened": opened,
+        "cpu_ms_per_change": 1000 * cpu / max(1, changes),
+        "bytes_per_update": statistics.median(d["bytes_per_stream"] for d in deliveries),
         "kb_per_stream": held_kb / max(1, opened["ready"]),
         "delivered": sum(d["delivered"] for d in deliveries),
         "expected": sum(d["expected"] for d in deliveries),
@@ -209,6 +217,7 @@ def row(figure, ours, floor, ratio, target, met):
 
 def report(results: dict) -> str:
     get, fan, floor_fan = results["get"], results["fanout"], results["floor_fanout"]
+    gz = results["fanout_gzip"]
     held, first, polls = results["held"], results["first_event"], results["polling"]
     rps_ratio = get["ours"]["rps"] / get["floor"]["rps"]
     p99_ratio = fan["p99_ms"] / floor_fan["p99_ms"]
@@ -241,6 +250,25 @@ def report(results: dict) -> str:
             f"{get['floor']['rps']:,.0f}", f"{rps_ratio:.2f}", ">= 2 x floor", rps_ratio >= 2),
         row("  mean latency", f"{get['ours']['mean_ms']:.2f} ms", f"{get['floor']['mean_ms']:.2f} ms",
             "", "", get["ours"]["non_2xx"] == 0),
+        "",
+        "Compression (5,000 streams, the same fan-out, plain vs Accept-Encoding: gzip):",
+        "",
+        "| figure | plain | gzip | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+        row("bytes on the wire: head, connected and status_update",
+            f"{fan['opened']['bytes_per_stream']:,.0f}", f"{gz['opened']['bytes_per_stream']:,.0f}",
+            f"{gz['opened']['bytes_per_stream'] / fan['opened']['bytes_per_stream']:.2f}", "fewer", True),
+        row("bytes on the wire per bulk_update", f"{fan['bytes_per_update']:,.0f}",
+            f"{gz['bytes_per_update']:,.0f}", f"{gz['bytes_per_update'] / fan['bytes_per_update']:.2f}",
+            "fewer", gz["bytes_per_update"] <= fan["bytes_per_update"]),
+        row("memory per idle stream", f"{fan['kb_per_stream']:.1f} KB", f"{gz['kb_per_stream']:.1f} KB",
+            f"{gz['kb_per_stream'] / fan['kb_per_stream']:.2f}", "<= 30 KB", gz["kb_per_stream"] <= 30),
+        row("one change to 5,000 subscribers, p99", f"{fan['p99_ms']:.0f} ms", f"{gz['p99_ms']:.0f} ms",
+            f"{gz['p99_ms'] / fan['p99_ms']:.2f}", "no worse", gz["p99_ms"] <= fan["p99_ms"] * 1.1),
+        row("  delivered", f"{fan['delivered']}/{fan['expected']}", f"{gz['delivered']}/{gz['expected']}",
+            "", "100%", gz["delivered"] == gz["expected"]),
+        row("worker CPU per change", f"{fan['cpu_ms_per_change']:.0f} ms", f"{gz['cpu_ms_per_change']:.0f} ms",
+            f"{gz['cpu_ms_per_change'] / max(1, fan['cpu_ms_per_change']):.2f}", "", True),
         "",
         f"load generator CPU: {results['load_cpu']['cpu_seconds']:.1f} s of "
         f"{results['load_cpu']['wall_seconds']:.0f} s wall (streams); wrk ran on the same core",
@@ -292,6 +320,14 @@ def main() -> None:
             ("POST", "/api/public/bench-get/status/refresh"), 5000, 5 if full else 3, flip)
         results["first_event"] = load("first_event", port=ours.port, path="/api/public/bench-get/status/stream",
                                       count=1000 if full else 300, marker="status_update")
+        ours.stop()
+
+        # The same fan-out, every stream compressed (Accept-Encoding: gzip).
+        ours = gunicorn("public-status", "wsgi:app", env)
+        http("GET", f"http://127.0.0.1:{ours.port}/api/public/bench-get/status")  # warm
+        results["fanout_gzip"] = stream_phase(
+            ours, load, "/api/public/bench-get/status/stream", "status_update",
+            ("POST", "/api/public/bench-get/status/refresh"), 5000, 5 if full else 3, flip, gzip=True)
         ours.stop()
 
         ours = gunicorn("public-status", "wsgi:app", env)

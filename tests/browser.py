@@ -36,6 +36,7 @@ class Browser:
         self._socket = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=10,
                                                    suppress_origin=True)
         self._ids = itertools.count(1)
+        self.events: list[dict] = []                 # DevTools events, kept as they come
         self.call("Runtime.enable")
 
     def _debugging_port(self) -> int:
@@ -59,6 +60,8 @@ class Browser:
         self._socket.send(json.dumps({"id": message_id, "method": method, "params": params}))
         while True:
             message = json.loads(self._socket.recv())
+            if "method" in message:
+                self.events.append(message)          # what the page did meanwhile
             if message.get("id") == message_id:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -368,6 +369,15 @@ class EventStream:
         self.header_list = [tuple(h.split(": ", 1)) for h in header_lines]
         self.headers = {name.lower(): value for name, value in self.header_list}
         self._chunked = self.headers.get("transfer-encoding") == "chunked"
+        # A gzip body is inflated as it comes, as a browser does; `gzip_ended` tells
+        # whether it ended as a whole gzip stream (trailer and all).
+        gzipped = self.headers.get("content-encoding") == "gzip"
+        self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+        self.wire_bytes = 0
+
+    @property
+    def gzip_ended(self) -> bool:
+        return self._inflater is not None and self._inflater.eof and not self._inflater.unused_data
 
     def _recv(self, timeout: float) -> bool:
         ready, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
@@ -403,6 +413,9 @@ class EventStream:
                 if size == 0:
                     self.closed = True
                     break
+        self.wire_bytes += len(self._body)
+        if self._inflater is not None:
+            self._body = self._inflater.decompress(self._body)
         self._text += self._body.decode()
         self._body = b""
 

@@ -1,7 +1,9 @@
 """HTTP answers of the app in-process: status codes, bodies and headers, every route."""
 
+import gzip
 import json
 import logging
+import zlib
 
 import pytest
 
@@ -263,3 +265,59 @@ def test_every_answer_exposes_retry_after_to_scripts(client, project):
 def test_a_declared_body_over_the_limit_is_413(client, project):
     answer = client.post(f"/api/public/{project}/status/refresh", data=b"x" * (16 * 1024 + 1))
     assert_json_error(answer, 413)
+
+
+def test_a_get_that_accepts_gzip_gets_the_snapshots_gzip_body(client, project):
+    url = f"/api/public/{project}/status"
+    plain = client.get(url)                                   # a miss: Flask's path
+    packed = client.get(url, headers={"Accept-Encoding": "gzip, deflate, br"})
+    assert (packed.headers["Content-Encoding"], packed.headers["Vary"],
+            packed.headers["Cache-Control"]) == ("gzip", "Accept-Encoding", "no-store, no-transform")
+    assert gzip.decompress(packed.data) == plain.data
+    assert plain.headers["Vary"] == "Accept-Encoding" and "Content-Encoding" not in plain.headers
+    app_hits = client.application.extensions["public_status"].metrics.cache_hits._value.get()
+    assert app_hits >= 1
+    refused = client.get(url, headers={"Accept-Encoding": "gzip;q=0, identity"})
+    assert refused.data == plain.data and "Content-Encoding" not in refused.headers
+    head = client.head(url, headers={"Accept-Encoding": "gzip"})
+    assert head.headers["Content-Encoding"] == "gzip" and head.data == b""
+
+
+def test_the_fast_path_answers_gzip_exactly_as_flask_does(app, project):
+    slow_client, fast_client = app.test_client(), app.test_client()
+    url = f"/api/public/{project}/status"
+    dispatched = []
+    app.before_request(lambda: dispatched.append(1))
+    slow = slow_client.get(url, headers={"Accept-Encoding": "gzip"})   # a miss: Flask's path
+    fast = fast_client.get(url, headers={"Accept-Encoding": "gzip"})   # warm: the fast path
+    assert dispatched == [1]
+    assert fast.data == slow.data and list(fast.headers.items()) == list(slow.headers.items())
+
+
+def test_compression_off_restores_todays_answers_exactly(pg, project):
+    app = public_service.create_app({"DATABASE_URL": pg.reader_url, "COMPRESSION": "off"})
+    client = app.test_client()
+    url = f"/api/public/{project}/status"
+    for answer in (client.get(url, headers={"Accept-Encoding": "gzip"}),        # Flask's path
+                   client.get(url, headers={"Accept-Encoding": "gzip"})):       # the fast path
+        assert [name for name, _ in answer.headers] == [
+            "Content-Type", "Content-Length", "Access-Control-Allow-Origin",
+            "Access-Control-Expose-Headers", "Cache-Control"]
+        assert answer.get_json()["project"] == project
+    stream = client.get(f"/api/public/{project}/status/stream", headers={"Accept-Encoding": "gzip"})
+    assert "Vary" not in stream.headers and "Content-Encoding" not in stream.headers
+    assert next(stream.response).startswith(b"event: connected")
+    stream.close()
+
+
+def test_a_compressed_stream_is_one_gzip_stream_of_its_messages(client, project):
+    client.get(f"/api/public/{project}/status")               # a snapshot to begin with
+    response = client.get(f"/api/public/{project}/status/stream", headers={"Accept-Encoding": "gzip"})
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert response.headers["Cache-Control"] == "no-store, no-transform"
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    chunks = iter(response.response)
+    assert decoder.decompress(next(chunks)).startswith(b"event: connected\n")
+    assert decoder.decompress(next(chunks)).startswith(b"id: ")          # the whole snapshot
+    assert decoder.eof is False
+    response.close()

@@ -2,8 +2,15 @@
 
 gunicorn runs this file in its master, so it imports nothing of the service at the top:
 public_service imports requests, psycopg2 and redis, which must come after wsgi.py's
-monkey-patching, in the worker.
+monkey-patching, in the worker. The standard library and gunicorn are safe.
 """
+
+import json
+import logging
+import os
+import time
+
+from gunicorn.glogging import Logger
 
 
 def post_worker_init(worker):
@@ -14,3 +21,49 @@ def post_worker_init(worker):
     if getattr(worker, "wsgi_handler", None) is not None:
         guard = worker.wsgi.extensions["public_status"].connections
         worker.wsgi_handler = guard.handler_class(worker.wsgi_handler)
+
+
+# ------------------------------------------------------------------ LOG_FORMAT=json
+# gunicorn's own lines (the master's, each worker's, the access log) come out as the
+# service's do: one JSON object a line, the keys of public_service.JsonFormatter. The
+# master cannot import the service (see above), hence this small twin, which
+# tests/test_operator_e2e.py holds to the same keys.
+
+
+class JsonLines(logging.Formatter):
+    """{"time", "level", "logger", "message"}; an access line adds its request's fields
+    (gunicorn's access atoms, already redacted in the worker)."""
+
+    ACCESS_FIELDS = {"remote": "h", "method": "m", "path": "U", "query": "q", "status": "s",
+                     "bytes": "B", "referer": "f", "user_agent": "a"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                    + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if isinstance(record.args, dict):
+            atoms = record.args
+            entry.update({key: atoms[atom] for key, atom in self.ACCESS_FIELDS.items()
+                          if atoms.get(atom) not in (None, "", "-")})
+            if str(entry.get("status", "")).isdigit():
+                entry["status"] = int(entry["status"])
+            entry["duration"] = float(atoms["L"])
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+class JsonLogger(Logger):
+    def setup(self, cfg):
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(JsonLines())
+
+
+if os.environ.get("LOG_FORMAT", "text").lower() == "json":
+    logger_class = JsonLogger

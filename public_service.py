@@ -261,10 +261,14 @@ class SecretRedactor(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if self._pattern is None:
             return True
-        message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        record.msg, record.args = self.redact(message), None
+        if isinstance(record.args, dict):    # gunicorn's access atoms: redacted where they
+            for key, value in record.args.items():  # are, so that JSON lines keep fields
+                if isinstance(value, str):
+                    record.args[key] = self.redact(value)
+        if not isinstance(record.args, dict) or self._pattern.search(record.getMessage()):
+            record.msg, record.args = self.redact(record.getMessage()), None
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         if record.stack_info:

@@ -60,6 +60,31 @@ def test_json_lines_carry_the_extras(captured):
     assert entry["time"].endswith("Z")
 
 
+def test_access_atoms_are_redacted_where_they_are_and_kept_as_fields(captured):
+    """gunicorn logs an access line as a format and a dict of atoms; the JSON access
+    line reads its fields from them, so they are redacted in place, not flattened."""
+    redactor, logger, lines, handler = captured
+    redactor.add(["atom-Secret-4"])
+    atoms = {"r": "GET /x?key=atom-Secret-4 HTTP/1.1", "s": "200", "B": 5}
+    logger.info('"%(r)s" %(s)s', atoms)
+    assert lines == ['"GET /x?key=*** HTTP/1.1" 200']
+    assert atoms["r"] == "GET /x?key=*** HTTP/1.1" and atoms["B"] == 5
+
+
+def test_a_dict_argument_that_still_shows_a_secret_is_flattened(captured):
+    """A value that is not a string (its str() made at format time) cannot be redacted
+    in place: the message is then redacted as a whole."""
+    redactor, logger, lines, _ = captured
+    redactor.add(["obj-Secret-5"])
+
+    class Holder:
+        def __str__(self):
+            return "holding obj-Secret-5"
+
+    logger.info("%(thing)s", {"thing": Holder()})
+    assert lines == ["holding ***"]
+
+
 def test_the_app_redacts_the_database_password(pg, capfd):
     url = pg.reader_url
     app = public_service.create_app({"DATABASE_URL": url, "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"})

@@ -81,3 +81,33 @@ def test_json_logs_carry_project_event_and_duration(start_service, pg, upstream)
     assert entry["level"] == "WARNING" and entry["logger"] == "public_service"
     assert isinstance(entry["duration"], float) and entry["duration"] < 1
     assert "HTTP 502" in entry["message"]
+
+
+def test_with_json_logs_every_line_is_json_gunicorns_own_included(start_service, pg, upstream):
+    """LOG_FORMAT=json reaches gunicorn's master (start, workers, shutdown), its workers
+    and its access log: one object a line, the service's keys, an access line with its
+    request's fields, redacted like every other line."""
+    service = start_service(LOG_FORMAT="json")
+    secret = "json-access-Secret-77"
+    slug = pg.add_project(pg.unique_slug("jsonlog"), base_url=upstream.url, auth_type="bearer",
+                          credentials={"token": secret})
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    answer = requests.get(f"{service.url}/api/public/{slug}/status?seen={secret}", timeout=5,
+                          headers={"User-Agent": "probe/1"})
+    assert answer.status_code == 200
+    assert service.stop() == 0
+
+    lines = [line for line in service.logs().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]       # fails on any line that is not JSON
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= entry.keys(), entry
+        assert entry["time"].endswith("Z")
+    messages = [(e["logger"], e["message"]) for e in entries]
+    for said in ("Listening at: http://127.0.0.1:", "Booting worker with pid", "Shutting down: Master"):
+        assert any(logger == "gunicorn.error" and said in message for logger, message in messages), said
+    [access] = [e for e in entries if e["logger"] == "gunicorn.access" and e.get("path", "").endswith("/status")]
+    assert (access["method"], access["status"], access["user_agent"]) == ("GET", 200, "probe/1")
+    assert access["path"] == f"/api/public/{slug}/status" and access["query"] == "seen=***"
+    assert isinstance(access["bytes"], int) and access["bytes"] > 0
+    assert isinstance(access["duration"], float) and access["duration"] < 5
+    assert secret not in service.logs()

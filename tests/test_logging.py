@@ -63,7 +63,7 @@ def test_json_lines_carry_the_extras(captured):
 def test_access_atoms_are_redacted_where_they_are_and_kept_as_fields(captured):
     """gunicorn logs an access line as a format and a dict of atoms; the JSON access
     line reads its fields from them, so they are redacted in place, not flattened."""
-    redactor, logger, lines, handler = captured
+    redactor, logger, lines, _ = captured
     redactor.add(["atom-Secret-4"])
     atoms = {"r": "GET /x?key=atom-Secret-4 HTTP/1.1", "s": "200", "B": 5}
     logger.info('"%(r)s" %(s)s', atoms)

@@ -5,10 +5,15 @@ VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 PORT   ?= 8000
 
-.PHONY: run test test-fast bench bench-full storm attack lint mutate clean
+.PHONY: run demo-clean test test-fast bench bench-full storm attack lint mutate clean
 
 run: $(VENV)/.runtime
 	PATH="$(abspath $(VENV))/bin:$$PATH" PORT=$(PORT) $(PYTHON) demo.py
+
+# What `make run`'s demo leaves: the database public_status_demo and the role
+# public_status_demo_reader in the machine's PostgreSQL, or the embedded one's .data/.
+demo-clean: $(VENV)/.runtime
+	$(PYTHON) demo.py --clean
 
 test: $(VENV)/.dev
 	scripts/ensure-services.sh

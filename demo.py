@@ -34,8 +34,8 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-DEMO_DB = "public_status_demo"
-DEMO_ROLE = "public_status_demo_reader"
+DEMO_DB = os.environ.get("DEMO_DATABASE", "public_status_demo")   # other names: for tests
+DEMO_ROLE = os.environ.get("DEMO_ROLE", "public_status_demo_reader")
 DEMO_SLUG = "harbour-view"
 FLOORS, UNITS_PER_FLOOR = 15, 16
 CHANGE_EVERY = 3.0  # seconds between simulated sales
@@ -229,9 +229,48 @@ def wait_healthy(port: str, process: subprocess.Popen) -> None:
     raise SystemExit("demo: the service did not start; see its log above")
 
 
+def shown(url: str) -> str:
+    """A database URL fit to print: its password, if any, masked."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def clean() -> None:
+    """`make demo-clean`: remove what `make run` left, the demo database and its role
+    from the machine's PostgreSQL and the embedded one's data under .data/."""
+    import shutil
+
+    import psycopg2
+    from psycopg2 import sql
+
+    admin_url = machine_postgres()
+    if admin_url:
+        admin = psycopg2.connect(admin_url)
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DB)))
+            cursor.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(DEMO_ROLE)))
+        admin.close()
+        log(f"dropped database {DEMO_DB} and role {DEMO_ROLE} (if they were there) at 127.0.0.1:5432")
+    else:
+        log("no PostgreSQL answers at 127.0.0.1:5432: nothing to drop there")
+    if (ROOT / ".data").exists():
+        shutil.rmtree(ROOT / ".data")
+        log(f"removed the embedded PostgreSQL's data, {ROOT / '.data'}")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--clean"]:
+        clean()
+        return
     port = os.environ.get("PORT", "8000")
     if os.environ.get("DATABASE_URL"):
+        log(f"DATABASE_URL={shown(os.environ['DATABASE_URL'])}")
         command = procfile_command(port)
         os.execvp(command[0], command)
 
@@ -248,6 +287,8 @@ def main() -> None:
     api.start()
     database_url = prepare_database(admin_url, api.url, token)
     log(f"demo project '{DEMO_SLUG}': {len(api.states)} units, client API at {api.url}")
+    log(f"DATABASE_URL={database_url} (a passwordless role that may only SELECT; "
+        "`make demo-clean` removes it and the database)")
 
     env = {**os.environ, "DATABASE_URL": database_url, "PORT": port}
     service = subprocess.Popen(procfile_command(port), env=env)

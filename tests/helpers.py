@@ -200,13 +200,18 @@ class TcpProxy:
                 pass
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on (for a server that cannot pick its own)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class RedisServer:
     """A redis-server of the test's own on a free port, which it may stop and start."""
 
     def __init__(self):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = None
         self.start()
@@ -520,9 +525,7 @@ class Nginx:
         import tempfile
 
         self.home = Path(tempfile.mkdtemp(prefix="nginx-"))
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         snippet = (readme_nginx_snippet()
                    .replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{service_port};")

@@ -231,7 +231,9 @@ def test_a_flood_of_unknown_slugs_is_no_database_outage(start_service, project):
     """3,000 made-up slugs at once, through one pooled connection with a 0.5 s timeout:
     most lookups wait for the connection longer than that. Waiting is a crowd, not an
     outage: "service busy" for some, 404 for the rest, no database error, no outage
-    logged, /readyz 200, and the project in use served all along."""
+    logged, /readyz 200, and the project in use served all along: its row expires
+    every 0.2 s, and a lookup of it waits once for a connection at most (then the cached
+    row serves), so no answer of it takes longer than the flood itself and one wait."""
     service = start_service(DB_POOL_SIZE="1", DB_TIMEOUT="0.5")
     known = f"{service.url}/api/public/{project}/status"
     assert requests.get(known, timeout=5).status_code == 200
@@ -245,7 +247,9 @@ def test_a_flood_of_unknown_slugs_is_no_database_outage(start_service, project):
 
     user = threading.Thread(target=use_the_known_project)
     user.start()
+    started = time.monotonic()
     statuses = flood(service, [f"/api/public/made-up-{n}/status" for n in range(3000)], 3000)
+    flood_seconds = time.monotonic() - started
     ready = requests.get(f"{service.url}/readyz", timeout=5).status_code
     stop.set()
     user.join()
@@ -254,7 +258,7 @@ def test_a_flood_of_unknown_slugs_is_no_database_outage(start_service, project):
     assert metric(service.url, "public_status_db_errors_total") == 0
     assert "database unavailable" not in service.logs()
     assert ready == 200
-    assert set(known_statuses) == {200} and worst[0] < 2.0, worst
+    assert set(known_statuses) == {200} and worst[0] < flood_seconds + 0.5, (worst, flood_seconds)
     busy = requests.get(f"{service.url}/api/public/made-up-0/status", timeout=5)
     assert busy.status_code == 404                      # remembered: no query this time
 
@@ -263,11 +267,16 @@ def test_no_cookie_travels_between_projects_or_piles_up(start_service, pg, upstr
     service = start_service(DEFAULT_POLL_INTERVAL="0.1", MIN_POLL_INTERVAL="0.1")
     setter = pg.add_project(pg.unique_slug("cookie"), base_url=upstream.url)
     other = pg.add_project(pg.unique_slug("cookie"), base_url=upstream.url)
+    # 90 new cookies an answer, and a session cookie: with the server's own two, 94
+    # header fields, under http.client's limit of 100, so that every answer is taken.
     upstream.set_statuses(f"/{setter}", {"A1": "open"}, headers={
-        "Set-Cookie": "session=s3cr3t; Path=/"}, cookies_per_answer=95)
+        "Set-Cookie": "session=s3cr3t; Path=/"}, cookies_per_answer=90)
     upstream.set_statuses(f"/{other}", {"A1": "open"})
     streams = [EventStream(service.port, f"/api/public/{slug}/status/stream") for slug in (setter, other)]
+    for stream in streams:
+        assert stream.next_event("status_update") is not None     # the answers were taken
     wait_for(lambda: upstream.count(f"/{setter}") >= 10 and upstream.count(f"/{other}") >= 10)
+    assert metric(service.url, "public_status_upstream_requests_total", 'outcome="connection"') == 0
     cookies = [r.headers.get("Cookie") for r in upstream.seen if r.path in (f"/{setter}", f"/{other}")]
     assert cookies == [None] * len(cookies)
     for stream in streams:

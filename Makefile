@@ -24,6 +24,8 @@ test: $(VENV)/.dev
 	scripts/ensure-tool.sh npm
 	cd tests/node && npm ci --silent --no-audit --no-fund
 	scripts/ensure-tool.sh redis-server
+	scripts/ensure-tool.sh buildah
+	scripts/ensure-tool.sh debootstrap
 	$(PYTHON) -m pytest
 
 test-fast: $(VENV)/.dev

@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 PORT   ?= 8000
 
-.PHONY: run demo-clean test test-fast bench bench-full storm attack lint mutate clean
+.PHONY: run demo-clean test test-fast bench bench-full shapes storm attack lint mutate clean
 
 run: $(VENV)/.runtime
 	PATH="$(abspath $(VENV))/bin:$$PATH" PORT=$(PORT) $(PYTHON) demo.py
@@ -35,6 +35,15 @@ bench bench-full: $(VENV)/.dev
 	scripts/ensure-services.sh
 	scripts/ensure-tool.sh wrk
 	$(PYTHON) bench/run.py $(if $(filter bench-full,$@),--full)
+	$(if $(filter bench-full,$@),scripts/ensure-tool.sh redis-server && $(PYTHON) bench/shapes.py --full)
+
+# Several workers, several instances on Redis, and launch day (bench/shapes.py): the
+# shapes people deploy, measured; bench-full runs the longer version of it.
+shapes: $(VENV)/.dev
+	scripts/ensure-services.sh
+	scripts/ensure-tool.sh wrk
+	scripts/ensure-tool.sh redis-server
+	$(PYTHON) bench/shapes.py
 
 # A deploy of 5,000 streams (bench/storm.py) and the edge probed as an attacker would
 # (bench/attack.py): figures printed, raw ones in bench/results/.

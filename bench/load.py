@@ -65,6 +65,48 @@ class Inflater:
         return self.zlib.decompress(b"".join(body))
 
 
+class EventParser:
+    """One plain stream's body as it arrives: the response head skipped, chunks undone,
+    and whole SSE messages handed out as (event, data, id)."""
+
+    def __init__(self):
+        self.head_done = False
+        self.raw = b""
+        self.body = b""
+
+    def feed(self, data: bytes) -> list[tuple[str, str, str]]:
+        self.raw += data
+        if not self.head_done:
+            if b"\r\n\r\n" not in self.raw:
+                return []
+            self.raw = self.raw.split(b"\r\n\r\n", 1)[1]
+            self.head_done = True
+        while b"\r\n" in self.raw:
+            size_line, rest = self.raw.split(b"\r\n", 1)
+            size = int(size_line, 16)
+            if len(rest) < size + 2:
+                break
+            self.body += rest[:size]
+            self.raw = rest[size + 2:]
+        *messages, self.body = self.body.split(b"\n\n")
+        events = []
+        for message in messages:
+            fields = dict(line.split(": ", 1) for line in message.decode().split("\n") if ": " in line)
+            events.append((fields.get("event", ""), fields.get("data", ""), fields.get("id", "")))
+        return events
+
+
+def path_of(stream_path: str) -> str:
+    """The client API path of a project's stream: /api/public/<slug>/status/stream -> /<slug>."""
+    return "/" + stream_path.split("/")[3]
+
+
+def urllib_get(port: int, path: str) -> bytes:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        return answer.read()
+
+
 class Streams:
     def __init__(self):
         self.epoll = select.epoll()
@@ -290,6 +332,170 @@ class Streams:
                     del following[fd]
                     self._drop(fd)
         return {"results": results, "errors": errors, "lost": len(streams) + len(schedule) + len(following)}
+
+    def launch(self, port, path, count, seconds, reconnects_per_second, refreshes_per_second,
+               refresh_path, units, per_generation, upstream_port, batch=250):
+        """Launch day, as viewers and agents live it. `count` streams on `path`; each
+        second `reconnects_per_second` of them, at random, drop and come straight back
+        with their last id (as a phone's EventSource would), and `refreshes_per_second`
+        forced refreshes go to `refresh_path`. Each stream's events are read whole and
+        their units mapped to the generation of the launch that changed them (unit n:
+        generation n // per_generation, see bench/upstream.py). Returns, per change: how
+        long after the client API first served it each open stream had it (live), and for
+        a viewer that was away, how long after its reconnect (catching up)."""
+        import random
+
+        viewers = []               # index -> {"fd", "id", "connected_at", "parser"}
+        by_fd = {}                 # stream fd -> viewer index
+        refreshing = {}            # fd -> (socket, bytes so far)
+        seen = [dict() for _ in range(count)]  # viewer -> {generation: (arrival, connected_at)}
+        refreshes, errors = {}, {"connect": 0, "dropped": 0, "refresh": 0}
+        counts = {"reconnects": 0, "resumed": 0, "full_on_reconnect": 0}
+
+        def open_stream(viewer, last_id=None):
+            sock = socket.socket()
+            sock.connect(("127.0.0.1", port))
+            resume = f"Last-Event-ID: {last_id}\r\n" if last_id else ""
+            sock.sendall((f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n"
+                          f"{resume}\r\n").encode())
+            sock.setblocking(False)
+            fd = sock.fileno()
+            self.sockets[fd] = sock
+            self.epoll.register(fd, select.EPOLLIN)
+            by_fd[fd] = viewer
+            return {"fd": fd, "id": last_id, "connected_at": time.monotonic(),
+                    "parser": EventParser(), "reconnected": last_id is not None, "current": False}
+
+        def generations_of(units):
+            return {int(unit[1:]) // per_generation for unit in units}
+
+        def take(viewer, events, now):
+            state = viewers[viewer]
+            for event, data, event_id in events:
+                if event_id:
+                    state["id"] = event_id
+                if event == "connected" and state["reconnected"]:
+                    resumed = json.loads(data)["resumed"]
+                    counts["resumed" if resumed else "full_on_reconnect"] += 1
+                    state["current"] = state["current"] or resumed
+                if event == "bulk_update":
+                    changed = generations_of(json.loads(data)["updates"])
+                elif event == "status_update":
+                    state["current"] = True
+                    statuses = json.loads(data)["statuses"]
+                    changed = generations_of(u for u, s in statuses.items() if s != "available")
+                else:
+                    continue
+                for generation in changed:
+                    seen[viewer].setdefault(generation, (now, state["connected_at"]))
+
+        def read(fd, now):
+            sock = self.sockets.get(fd)
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if fd in refreshing:
+                sock, answer = refreshing[fd]
+                answer += data
+                if b"\r\n" in answer or not data:
+                    status = answer.split(b" ", 2)[1].decode() if data else "closed"
+                    refreshes[status] = refreshes.get(status, 0) + 1
+                    if status not in ("200", "429"):
+                        errors["refresh"] += 1
+                    del refreshing[fd]
+                    self._drop(fd)
+                else:
+                    refreshing[fd] = (sock, answer)
+                return
+            viewer = by_fd.pop(fd, None)
+            if viewer is None:
+                return
+            if not data:
+                errors["dropped"] += 1
+                self._drop(fd)
+                viewers[viewer] = open_stream(viewer, viewers[viewer]["id"])
+                return
+            by_fd[fd] = viewer
+            take(viewer, viewers[viewer]["parser"].feed(data), now)
+
+        def reconnect(viewer):
+            old = viewers[viewer]
+            by_fd.pop(old["fd"], None)
+            self._drop(old["fd"])
+            counts["reconnects"] += 1
+            try:
+                viewers[viewer] = open_stream(viewer, old["id"])
+            except OSError:
+                errors["connect"] += 1
+
+        def refresh():
+            sock = socket.socket()
+            try:
+                sock.connect(("127.0.0.1", port))
+            except OSError:
+                errors["connect"] += 1
+                sock.close()
+                return
+            sock.sendall(request_bytes("POST", refresh_path))
+            sock.setblocking(False)
+            fd = sock.fileno()
+            self.sockets[fd] = sock
+            self.epoll.register(fd, select.EPOLLIN)
+            refreshing[fd] = (sock, b"")
+
+        urllib_get(upstream_port, f"/_launch?path={path_of(path)}&units={units}&per_second={per_generation}")
+        for start in range(0, count, batch):   # open them all, each past its status_update
+            for viewer in range(start, min(count, start + batch)):
+                viewers.append(open_stream(viewer))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not all(
+                    viewers[v]["current"] for v in range(start, min(count, start + batch))):
+                for fd, _ in self.epoll.poll(0.05):
+                    read(fd, time.monotonic())
+        opened = sum(1 for viewer in viewers if viewer["current"])
+
+        # The launch itself: its changes, the viewers coming and going, the refreshes.
+        urllib_get(upstream_port, f"/_launch?path={path_of(path)}&go=1")
+        started = time.monotonic()
+        next_reconnect = next_refresh = started
+        end = started + seconds
+        while time.monotonic() < end:
+            now = time.monotonic()
+            while next_reconnect <= now:
+                reconnect(random.randrange(count))
+                next_reconnect += 1 / reconnects_per_second
+            while next_refresh <= now:
+                refresh()
+                next_refresh += 1 / refreshes_per_second
+            wait = max(0.0, min(next_reconnect, next_refresh, end) - time.monotonic())
+            for fd, _ in self.epoll.poll(min(wait, 0.01)):
+                read(fd, time.monotonic())
+        served = {int(g): t for g, t in json.loads(urllib_get(
+            upstream_port, f"/_launch?path={path_of(path)}&stop=1")).items()}
+        settle = time.monotonic() + 3
+        while time.monotonic() < settle:          # changes already served, still on their way
+            for fd, _ in self.epoll.poll(0.05):
+                read(fd, time.monotonic())
+
+        live, catching_up, delivered = [], [], 0
+        for viewer_seen in seen:
+            for generation, served_at in served.items():
+                if generation not in viewer_seen:
+                    continue
+                delivered += 1
+                arrival, connected_at = viewer_seen[generation]
+                if connected_at < served_at:
+                    live.append((arrival - served_at) * 1000)
+                else:
+                    catching_up.append((arrival - connected_at) * 1000)
+        self.close_all()
+        return {"opened": opened, "changes": len(served), "expected": len(served) * count,
+                "delivered": delivered, "live": summary(live, len(live)),
+                "catching_up": summary(catching_up, len(catching_up)),
+                "refreshes": refreshes, "errors": errors, **counts}
 
     def close_all(self):
         for fd in list(self.sockets):

@@ -1,0 +1,314 @@
+"""`make shapes` (and the second half of `make bench-full`): the shapes people deploy.
+
+1. Workers: the Procfile's command with 1 and with 2 workers on the machine's 2 cores,
+   without REDIS_URL and with it: warm GET requests/s (wrk), one change to 5,000
+   streams spread over the workers by the kernel (p99, delivered within 5 s), and the
+   client API requests per poll interval.
+2. Instances on Redis: 2 instances of 1 worker, 2,500 streams on each, both on core 0
+   (the same CPU as one instance alone; Redis and the load on core 1): fan-out p99 of
+   one change to all 5,000, against one instance without Redis holding 5,000 in the
+   same run; the first `status_update` p99 on the instance that did not fetch.
+3. Launch day, one worker: 10,000 streams on one project of 1,000 units, 5 units change
+   a second, 1% of the viewers drop and reconnect (with their last id) every second, 20
+   forced refreshes a second (REFRESH_MIN_INTERVAL at its default, 10 s): delivery of
+   each change to every stream (from the client API's first answer holding it), CPU,
+   memory, client API requests, errors.
+
+Figures print as a table; raw ones land in bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.run import (
+    LOAD_CORE,
+    ROOT,
+    SERVER_CORE,
+    LoadGenerator,
+    Server,
+    free_port,
+    http,
+    prepare_database,
+    procfile_args,
+    raise_open_files_limit,
+    wrk,
+)
+from bench.storm import redis_server
+
+BOTH_CORES = "0,1"
+STREAMS = int(os.environ.get("SHAPES_STREAMS", "5000"))   # smaller only to try the script
+LAUNCH = {"streams": int(os.environ.get("SHAPES_LAUNCH_STREAMS", "10000")), "units": 1000, "changes_per_second": 5, "reconnects_per_second": 100,
+          "refreshes_per_second": 20, "refresh_min_interval": 10.0}
+
+
+def service(name: str, env: dict, workers: int = 1, core: str = SERVER_CORE) -> Server:
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", *procfile_args(), "--workers", str(workers),
+               "--bind", f"127.0.0.1:{port}", "wsgi:app"]
+    server = Server(name, command, port, env, core=core)
+    wait_for_workers(server, workers)
+    return server
+
+
+def worker_pids(server: Server) -> list[int]:
+    path = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    return [int(pid) for pid in path.read_text().split()]
+
+
+def wait_for_workers(server: Server, workers: int) -> None:
+    deadline = time.monotonic() + 30
+    while len(worker_pids(server)) < workers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)                      # each worker imports the app, then serves
+
+
+def cpu_seconds(server: Server) -> float:
+    total = 0.0
+    for pid in worker_pids(server):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def rss_mb(server: Server) -> float:
+    total = 0
+    for pid in worker_pids(server):
+        status = Path(f"/proc/{pid}/status").read_text()
+        total += int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+    return total / 1024
+
+
+def add_project(database_url: str, slug: str, upstream_url: str, interval: float) -> None:
+    admin = psycopg2.connect(database_url.replace("public_status_bench_reader@", "postgres@"))
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("INSERT INTO projects (slug) VALUES (%s) RETURNING id", (slug,))
+        cursor.execute(
+            "INSERT INTO integration_configs (project_id, api_base_url, status_endpoint, "
+            "polling_interval_seconds) VALUES (%s, %s, %s, %s)",
+            (cursor.fetchone()[0], upstream_url, f"/{slug}", interval))
+    admin.close()
+
+
+class Counter:
+    """Requests the client API served, per path."""
+
+    def __init__(self, upstream_url: str):
+        self.url = upstream_url
+
+    def __call__(self, path: str) -> int:
+        return json.loads(http("GET", f"{self.url}/_count")).get(path, 0)
+
+
+# --------------------------------------------------------------------------- phases
+
+def workers_phase(env: dict, workers: int, load: LoadGenerator, upstream_url: str,
+                  seconds: int) -> dict:
+    """One worker count in one mode: GETs, a change to 5,000 streams, polls per interval."""
+    server = service(f"{workers} worker(s)", env, workers, core=BOTH_CORES)
+    port = server.port
+    count = Counter(upstream_url)
+    try:
+        wrk(port, 1)                                           # every worker warm
+        get = wrk(port, seconds)
+        opened = load("open", port=port, path="/api/public/bench-poll/status/stream", count=STREAMS,
+                      marker="status_update")
+        time.sleep(1)
+        deliveries = []
+        for _ in range(3):
+            http("GET", f"{upstream_url}/_flip?path=/bench-poll")
+            deliveries.append(load("deliver", port=port, method="POST",
+                                   path="/api/public/bench-poll/status/refresh",
+                                   marker="bulk_update", timeout=5))
+            time.sleep(0.5)
+        before, started = count("/bench-poll"), time.monotonic()
+        time.sleep(6)
+        per_interval = (count("/bench-poll") - before) / (time.monotonic() - started)  # interval 1 s
+        load("close_all")
+    finally:
+        server.stop()
+    return {"workers": workers, "get_rps": get["rps"], "get_non_2xx": get["non_2xx"],
+            "opened": opened["ready"], "open_errors": opened["errors"],
+            "fanout_p50_ms": sorted(d["p50_ms"] or math.inf for d in deliveries)[1],
+            "fanout_p99_ms": sorted(d["p99_ms"] or math.inf for d in deliveries)[1],
+            "delivered": sum(d["delivered"] for d in deliveries),
+            "expected": sum(d["expected"] for d in deliveries),
+            "upstream_per_interval": per_interval}
+
+
+def instances_phase(base_env: dict, redis_url: str, load: LoadGenerator, upstream_url: str) -> dict:
+    """2 instances on Redis against 1 without it, the same 5,000 streams, core 0 each."""
+    results = {}
+    single = service("one instance, no Redis", base_env)
+    try:
+        load("open", port=single.port, path="/api/public/bench-get/status/stream", count=STREAMS,
+             marker="status_update")
+        results["local"] = fanout(load, single.port, upstream_url)
+        load("close_all")
+    finally:
+        single.stop()
+    shared = {**base_env, "REDIS_URL": redis_url}
+    a, b = service("instance A", shared), service("instance B", shared)
+    try:
+        http("GET", f"http://127.0.0.1:{a.port}/api/public/bench-get/status")   # A fetches
+        for server in (a, b):
+            load("open", port=server.port, path="/api/public/bench-get/status/stream", count=STREAMS // 2,
+                 marker="status_update")
+        results["redis"] = fanout(load, a.port, upstream_url)
+        load("close_all")
+        results["first_event_b"] = load("first_event", port=b.port, count=300, marker="status_update",
+                                        path="/api/public/bench-get/status/stream")
+    finally:
+        a.stop()
+        b.stop()
+    return results
+
+
+def fanout(load: LoadGenerator, trigger_port: int, upstream_url: str, changes: int = 5) -> dict:
+    runs = []
+    for _ in range(changes):
+        http("GET", f"{upstream_url}/_flip?path=/bench-get")
+        runs.append(load("deliver", port=trigger_port, method="POST",
+                         path="/api/public/bench-get/status/refresh", marker="bulk_update"))
+        time.sleep(0.5)
+    p99s = sorted(r["p99_ms"] for r in runs if r["p99_ms"] is not None)
+    return {"p99_ms": p99s[len(p99s) // 2] if p99s else None,
+            "delivered": sum(r["delivered"] for r in runs), "expected": sum(r["expected"] for r in runs)}
+
+
+def launch_phase(env: dict, load: LoadGenerator, upstream_url: str, upstream_port: int,
+                 seconds: int) -> dict:
+    server = service("launch day", {**env, "REFRESH_MIN_INTERVAL": str(LAUNCH["refresh_min_interval"]),
+                                    "MAX_STREAMS": "20000"})
+    count = Counter(upstream_url)
+    try:
+        baseline_mb = rss_mb(server)
+        cpu_before, before = cpu_seconds(server), count("/launch")
+        result = load("launch", port=server.port, path="/api/public/launch/status/stream",
+                      count=LAUNCH["streams"], seconds=seconds,
+                      reconnects_per_second=LAUNCH["reconnects_per_second"],
+                      refreshes_per_second=LAUNCH["refreshes_per_second"],
+                      refresh_path="/api/public/launch/status/refresh", units=LAUNCH["units"],
+                      per_generation=LAUNCH["changes_per_second"], upstream_port=upstream_port)
+        result["cpu_seconds"] = cpu_seconds(server) - cpu_before
+        result["rss_mb"], result["baseline_mb"] = rss_mb(server), baseline_mb
+        result["upstream_requests"] = count("/launch") - before
+    finally:
+        server.stop()
+    result["seconds"] = seconds
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+def report(results: dict) -> str:
+    shapes = {(r["workers"], r["mode"]): r for r in results["workers"]}
+    lines = [f"public-status deployment shapes, {results['date']}, {results['machine']}", "",
+             "Workers (the Procfile's command, unpinned on both cores; wrk and the stream load "
+             "on core 1):", "",
+             f"| workers | REDIS_URL | warm GET req/s | ratio to 1 worker | one change to {STREAMS:,} "
+             "streams: p50 / p99 | delivered within 5 s | client API requests per interval |",
+             "|---|---|---|---|---|---|---|"]
+    for (workers, mode), r in sorted(shapes.items()):
+        one = shapes[(1, mode)]
+        lines.append(
+            f"| {workers} | {mode} | {r['get_rps']:,.0f} | {r['get_rps'] / one['get_rps']:.2f} "
+            f"| {r['fanout_p50_ms']:.0f} / {r['fanout_p99_ms']:.0f} ms "
+            f"| {r['delivered']:,} / {r['expected']:,} | {r['upstream_per_interval']:.2f} |")
+    inst = results["instances"]
+    ratio = inst["redis"]["p99_ms"] / inst["local"]["p99_ms"]
+    lines += ["", "Instances (each 1 worker on core 0; Redis and the load on core 1):", "",
+              "| figure | 1 instance, no Redis | 2 instances on Redis | ratio | target |",
+              "|---|---|---|---|---|",
+              f"| one change to {STREAMS:,} streams, p99 (median of 5) | {inst['local']['p99_ms']:.0f} ms "
+              f"| {inst['redis']['p99_ms']:.0f} ms | {ratio:.2f} | <= 1.5 |",
+              f"| delivered | {inst['local']['delivered']:,} / {inst['local']['expected']:,} "
+              f"| {inst['redis']['delivered']:,} / {inst['redis']['expected']:,} | | 100% |",
+              f"| first status_update on the instance that did not fetch, p99 | | "
+              f"{inst['first_event_b']['p99_ms']:.2f} ms | | <= 5 ms |"]
+    day = results["launch"]
+    allowed = math.ceil(day["seconds"] / LAUNCH["refresh_min_interval"])
+    lines += ["", f"Launch day (one worker, {day['seconds']} s): {LAUNCH['streams']:,} streams, "
+              f"{LAUNCH['units']:,} units, {LAUNCH['changes_per_second']} units change a second, "
+              f"{LAUNCH['reconnects_per_second']} reconnects and {LAUNCH['refreshes_per_second']} "
+              "refreshes a second:", "",
+              "| figure | value | target |", "|---|---|---|",
+              f"| streams opened | {day['opened']:,} | {LAUNCH['streams']:,} |",
+              f"| changes delivered | {day['delivered']:,} / {day['expected']:,} "
+              f"({day['changes']} changes) | 100% |",
+              f"| delivery to open streams, p50 / p99 / worst | {day['live']['p50_ms']:.0f} / "
+              f"{day['live']['p99_ms']:.0f} / {day['live']['max_ms']:.0f} ms | p99 <= 250 ms |",
+              f"| a viewer back from a drop, current after: p50 / p99 | "
+              f"{fmt_ms(day['catching_up']['p50_ms'])} / {fmt_ms(day['catching_up']['p99_ms'])} "
+              f"({day['catching_up']['delivered']:,} changes caught up) | |",
+              f"| reconnects: resumed / full snapshot | {day['resumed']:,} / {day['full_on_reconnect']:,} "
+              f"(of {day['reconnects']:,}) | |",
+              f"| forced refreshes answered | {day['refreshes']} | most 429 |",
+              f"| client API requests | {day['upstream_requests']} | polls (about {day['seconds']}) + "
+              f"refreshes allowed (at most {allowed}) |",
+              f"| worker CPU | {100 * day['cpu_seconds'] / day['seconds']:.0f}% of a core | |",
+              f"| worker memory | {day['rss_mb']:.0f} MB ({day['baseline_mb']:.0f} MB before the streams) | |",
+              f"| errors | {sum(day['errors'].values())} {day['errors']} | none |"]
+    return "\n".join(lines)
+
+
+def fmt_ms(value) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="longer runs")
+    options = parser.parse_args()
+    raise_open_files_limit()
+    started = time.monotonic()
+    upstream_port = free_port()
+    Server("client API", [sys.executable, str(ROOT / "bench" / "upstream.py"), str(upstream_port)],
+           upstream_port, core=LOAD_CORE)
+    upstream_url = f"http://127.0.0.1:{upstream_port}"
+    database_url = prepare_database(upstream_url)
+    add_project(database_url, "launch", upstream_url, 1)
+    env = {"DATABASE_URL": database_url, "STATUS_CACHE_TTL": "3600", "SSE_PING_INTERVAL": "3600",
+           "REFRESH_MIN_INTERVAL": "0", "PROJECT_CACHE_TTL": "3600", "LOG_LEVEL": "WARNING",
+           "MAX_STREAMS": "20000"}
+    redis, redis_url = redis_server()
+    load = LoadGenerator()
+    results = {"date": time.strftime("%Y-%m-%d"),
+               "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+                          f"Python {platform.python_version()}", "workers": []}
+    try:
+        for mode, extra in (("no", {}), ("yes", {"REDIS_URL": redis_url})):
+            for workers in (1, 2):
+                subprocess.run(["redis-cli", "-u", redis_url, "FLUSHALL"], capture_output=True)
+                shape = workers_phase({**env, **extra}, workers, load, upstream_url, 10 if options.full else 5)
+                results["workers"].append({"mode": mode, **shape})
+        subprocess.run(["redis-cli", "-u", redis_url, "FLUSHALL"], capture_output=True)
+        results["instances"] = instances_phase(env, redis_url, load, upstream_url)
+        results["launch"] = launch_phase(env, load, upstream_url, upstream_port, 60 if options.full else 30)
+        results["load_cpu"] = load("quit")
+    finally:
+        for server in Server.started:
+            server.stop()
+        redis.terminate()
+    results["seconds"] = time.monotonic() - started
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{time.strftime('%Y%m%d-%H%M%S')}-shapes.json").write_text(json.dumps(results, indent=2))
+    print(report(results))
+    print(f"\n(run took {results['seconds']:.0f} s; raw figures in bench/results/)")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,28 +17,36 @@ The file, in the order data flows, a section under each banner:
 
     config             Config, read once from the environment
     logs and metrics   Metrics, SecretRedactor, JsonFormatter
-    types              errors, Project, SSEMessage, Snapshot (with its encodings)
+    types              errors, Project, SSEMessage, Wire (a message, plain and as a gzip
+                       piece), Snapshot (with its encodings), SingleFlight
     normalization      pure: response shapes -> unit statuses -> the five statuses, diffs
     database           ProjectDirectory: project rows by slug, cached, over a small pool
     upstream client    UpstreamClient: one project's statuses from its client API
-    cache and pollers  StatusService (fetch, refresh, poll) -> Store (Local or Redis)
+    cache and pollers  StatusService (fetch, refresh, poll) -> Store (Local or Redis),
+                       each project's History of changes (for resume)
     SSE                Fanout -> Stream: each change, encoded once, to every open stream
-    routes             the Flask views and the warm-GET fast path
+    routes             the Flask views, the warm-GET fast path, and ConnectionGuard: the
+                       edge pywsgi lacks (head and idle timeouts, head and body bounds)
     app factory        create_app(): builds and wires all of the above
 
 Data flows one way. The service fetches and commits into the store; the store tells
 the fanout of each new snapshot (a callback given at construction); the fanout hands it
 to the project's streams, which write it, and runs one poller per watched
 project (the service's `poll`, also a callback). Nothing holds what consumes it.
+A stream's deliveries are named cases (Ping, Delta, Full); its ids are
+`<epoch>-<version>`, and a client that sends one back is resumed from the store's
+history, never from the client API.
 
 Choices a reader might otherwise "fix": one upstream request per project at a time
 (misses, refreshes and the poller join it; `SingleFlight`, `Store.fetch`); a warm GET
 never reaches Flask (`WarmStatusFastPath`); a failed fetch never reaches the public
 (stale snapshot, else 503 + Retry-After); every message is encoded once for all its
-streams; the stream answers 404 only for a truly unknown project, and 200 + `retry:`
-for transient trouble, as EventSource gives up on anything else; a closed client is
-noticed by an I/O watcher on its socket; credentials stay out of reprs and leave only
-as request headers, and every log line is scrubbed of them (`SecretRedactor`).
+streams, and compressed once too, as a deflate piece that stands on its own (`Wire`:
+no compressor per stream); the stream answers 404 only for a truly unknown project, and
+200 + `retry:` for transient trouble, as EventSource gives up on anything else; a
+closed client is noticed by an I/O watcher on its socket; credentials stay out of reprs
+and leave only as request headers, and every log line is scrubbed of them
+(`SecretRedactor`).
 """
 
 from __future__ import annotations

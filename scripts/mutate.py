@@ -45,8 +45,10 @@ TARGETS = {
     "decode_status_body", "parse_statuses", "prepare_fetch", "diff_statuses", "backoff_delay",
     "Fetched.over",
     "DEFAULT_STATUS_VALUES", "UNIT_KEYS", "STATUS_KEYS", "WRAPPER_KEYS", "MAX_WRAPPING",
-    # SSE and snapshot encodings
-    "SSEMessage.encode", "_one_line", "Snapshot.build",
+    # SSE and snapshot encodings, resume, compression
+    "SSEMessage.encode", "_one_line", "Snapshot.build", "parse_event_id", "retry_message",
+    "History.add", "History.since", "accepts_gzip", "deflate_piece", "stored_piece",
+    "gzip_end", "Wire.piece",
     # settings: environment, database rows, URLs, auth
     "Config.from_env", "_env_number", "_json_column", "_seconds", "project_from_row",
     "join_status_url",
@@ -59,10 +61,11 @@ TARGETS = {
     "StatusService.status", "StatusService._fetch_or_stale", "StatusService.refresh",
     "StatusService._stale", "StatusService._record_success", "StatusService._record_failure",
     "StatusService._log_unknown", "LocalStore.read", "LocalStore.commit", "LocalStore.touch",
-    "LocalStore.claim_refresh", "ProjectDirectory.cached", "ProjectDirectory.get",
+    "LocalStore.claim_refresh", "LocalStore.install", "LocalStore.changes_since",
+    "ProjectDirectory.cached", "ProjectDirectory.get",
     "ProjectDirectory._load", "_remember", "StatusService._prepare",
     # the client API
-    "UpstreamClient.fetch", "UpstreamClient._get", "_read_capped", "_root_cause",
+    "UpstreamClient.get", "_read_capped", "_root_cause",
     # HTTP answers
     "json_error", "_find_project", "public_headers", "refuse_bodies",
     "WarmStatusFastPath.__call__", "create_app",

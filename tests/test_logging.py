@@ -71,6 +71,20 @@ def test_access_atoms_are_redacted_where_they_are_and_kept_as_fields(captured):
     assert atoms["r"] == "GET /x?key=*** HTTP/1.1" and atoms["B"] == 5
 
 
+def test_access_atoms_without_a_secret_stay_fields(captured):
+    """What a JSON access line is made of: the record keeps its atoms, untouched."""
+    redactor, logger, lines, handler = captured
+    redactor.add(["atom-Secret-6"])
+
+    class Fields(logging.Formatter):
+        def format(self, record):
+            return repr(record.args)
+
+    handler.setFormatter(Fields())
+    logger.info('"%(r)s" %(s)s', {"r": "GET /x HTTP/1.1", "s": "200"})
+    assert lines == [repr({"r": "GET /x HTTP/1.1", "s": "200"})]
+
+
 def test_a_dict_argument_that_still_shows_a_secret_is_flattened(captured):
     """A value that is not a string (its str() made at format time) cannot be redacted
     in place: the message is then redacted as a whole."""

@@ -461,6 +461,8 @@ CONFIG_VARIABLES = [
     ("POLL_LEASE_TTL", "poll_lease_ttl", "9", 9.0), ("MIN_POLL_INTERVAL", "min_poll_interval", "0.5", 0.5),
     ("HEADER_TIMEOUT", "header_timeout", "11", 11.0), ("KEEPALIVE_TIMEOUT", "keepalive_timeout", "12", 12.0),
     ("DB_POOL_SIZE", "db_pool_size", "13", 13), ("DB_TIMEOUT", "db_timeout", "14", 14.0),
+    ("SSE_RECONNECT_SPREAD_MS", "sse_reconnect_spread_ms", "15", 15),
+    ("SSE_HISTORY", "sse_history", "16", 16), ("COMPRESSION", "compression", "OFF", False),
 ]
 
 
@@ -475,12 +477,14 @@ def test_every_variable_sets_its_setting(name, attribute, raw, value):
 def test_the_other_defaults():
     config = Config.from_env({"DATABASE_URL": "x"})
     assert (config.min_poll_interval, config.header_timeout, config.keepalive_timeout,
-            config.db_pool_size, config.db_timeout) == (1, 10, 100, 5, 5)
+            config.db_pool_size, config.db_timeout, config.sse_reconnect_spread_ms,
+            config.sse_history, config.compression) == (1, 10, 100, 5, 5, 5000, 100, True)
 
 
 @pytest.mark.parametrize(("name", "lowest"), [
     ("PORT", 0), ("SSE_RETRY_MS", 0), ("MAX_UPSTREAM_BYTES", 1), ("MAX_STREAMS", 0),
-    ("DB_POOL_SIZE", 1), ("REFRESH_MIN_INTERVAL", 0), ("PROJECT_CACHE_TTL", 0)])
+    ("DB_POOL_SIZE", 1), ("REFRESH_MIN_INTERVAL", 0), ("PROJECT_CACHE_TTL", 0),
+    ("SSE_RECONNECT_SPREAD_MS", 0), ("SSE_HISTORY", 0)])
 def test_each_minimum_is_allowed_and_below_it_is_not(name, lowest):
     Config.from_env({"DATABASE_URL": "x", name: str(lowest)})
     with pytest.raises(ConfigError, match=name):
@@ -668,6 +672,7 @@ def test_a_change_to_a_shared_line_starts_a_line_of_its_own_stepping_from_it(sto
     ("x-gzip", True), ("*", True), ("br;q=1, *;q=0.1", True),
     (None, False), ("", False), ("identity", False), ("br, deflate", False), ("gzip;q=0", False),
     ("gzip;q=0, *", False), ("*;q=0", False), ("gzip;q=nope", False), ("gzipped", False),
+    ("gzip;level=1;q=0", False), ("gzip;level=1;q=0.2", True), ("x-gzip;q=0", False),
 ])
 def test_accept_encoding(header, gzip):
     assert accepts_gzip(header) is gzip
@@ -704,6 +709,12 @@ def test_wire_pieces_are_made_once():
     assert wire.piece is wire.piece
     assert zlib.decompressobj(-zlib.MAX_WBITS).decompress(wire.piece) == wire.plain
     assert Wire(b"x" * 10, stored=True).piece == b"\x00\x0a\x00\xf5\xff" + b"x" * 10
+
+
+def test_a_wire_piece_is_the_smaller_of_compressed_and_stored():
+    repetitive, incompressible = b"data: " + b"available " * 200, bytes(range(256))
+    assert len(Wire(repetitive).piece) < len(repetitive) // 5
+    assert Wire(incompressible).piece == stored_piece(incompressible)
 
 
 def test_the_snapshots_gzip_body_is_its_body():

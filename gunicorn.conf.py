@@ -23,6 +23,16 @@ def post_worker_init(worker):
         worker.wsgi_handler = guard.handler_class(worker.wsgi_handler)
 
 
+def when_ready(server):
+    """Several workers without REDIS_URL work, at a cost an operator should hear of once:
+    Heroku's Python buildpack sets WEB_CONCURRENCY (2 to 17) from the dyno's size."""
+    if server.cfg.workers > 1 and not os.environ.get("REDIS_URL"):
+        server.log.warning(
+            "%d workers without REDIS_URL: each polls every watched project, and keeps its own "
+            "cache, refresh limit and stream ids (README, Deploying: set REDIS_URL, or "
+            "WEB_CONCURRENCY=1)", server.cfg.workers)
+
+
 # ------------------------------------------------------------------ LOG_FORMAT=json
 # gunicorn's own lines (the master's, each worker's, the access log) come out as the
 # service's do: one JSON object a line, the keys of public_service.JsonFormatter. The

@@ -5,7 +5,7 @@ import json
 import pytest
 import requests
 
-from helpers import EventStream, metric, wait_for
+from helpers import EventStream, RedisServer, metric, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -111,3 +111,21 @@ def test_with_json_logs_every_line_is_json_gunicorns_own_included(start_service,
     assert isinstance(access["bytes"], int) and access["bytes"] > 0
     assert isinstance(access["duration"], float) and access["duration"] < 5
     assert secret not in service.logs()
+
+
+def test_several_workers_without_redis_are_told_once(start_service):
+    """WEB_CONCURRENCY=2, as Heroku's Python buildpack sets it on its smallest dynos: the
+    master says once what that costs without REDIS_URL; with it, or with one worker,
+    nothing is said."""
+    warning = "workers without REDIS_URL"
+    alone = start_service(WEB_CONCURRENCY="2")
+    wait_for(lambda: len(alone.worker_pids()) == 2)
+    assert alone.logs().count("2 " + warning) == 1
+    assert start_service().logs().count(warning) == 0
+    redis_server = RedisServer()
+    try:
+        shared = start_service(WEB_CONCURRENCY="2", REDIS_URL=redis_server.url)
+        wait_for(lambda: len(shared.worker_pids()) == 2)
+        assert shared.stop() == 0 and shared.logs().count(warning) == 0
+    finally:
+        redis_server.stop()

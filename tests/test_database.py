@@ -10,6 +10,7 @@ from public_service import (
     PROJECT_SQL,
     Config,
     Database,
+    DatabaseBusy,
     DatabaseUnavailable,
     Metrics,
     ProjectDirectory,
@@ -251,4 +252,75 @@ def test_a_row_is_fresh_until_its_ttl_and_not_at_it(pg):
     assert directory.cached(slug) is not None
     clock.now += 0.001
     assert directory.cached(slug) is None
+    db.close()
+
+
+def test_unknown_slugs_are_forgotten_least_recently_used_first(pg):
+    clock = FakeClock()
+    config = Config.from_env({"DATABASE_URL": pg.reader_url, "PROJECT_CACHE_TTL": "30"})
+    db = Database(config.database_url, 1, 2.0)
+    directory = ProjectDirectory(db, config, Metrics(), SecretRedactor(), clock, bounds=(5, 2))
+    used, idle, third = (pg.unique_slug() for _ in range(3))
+    assert directory.get(used) is None and directory.get(idle) is None
+    assert directory.get(used) is None                 # a hit: now the most recently used
+    assert directory.get(third) is None                # one more: `idle` goes
+    for slug in (used, idle):
+        pg.add_project(slug, base_url="https://c.example.com")
+    assert directory.get(used) is None                 # still remembered: not asked
+    assert directory.get(idle) is not None             # forgotten, so asked again
+    clock.now += 29.999
+    assert directory.get(used) is None
+    clock.now += 0.001
+    assert directory.get(used) is not None             # remembered until its TTL, not at it
+    db.close()
+
+
+def test_a_project_gone_is_not_served_from_its_old_row_while_the_database_is_away(pg):
+    proxy = TcpProxy(5432)
+    clock = FakeClock()
+    url = pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    directory, db = directory_for(url, clock)
+    slug = pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
+    assert directory.get(slug) is not None
+    pg.set_active(slug, False)
+    clock.now += 31
+    assert directory.get(slug) is None
+    proxy.cut()
+    clock.now += 31
+    with pytest.raises(DatabaseUnavailable):
+        directory.get(slug)                            # not the deactivated project's row
+    db.close()
+    proxy.cut()
+
+
+def test_a_row_looked_up_again_is_the_most_recently_used(pg):
+    proxy = TcpProxy(5432)
+    clock = FakeClock()
+    url = pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    config = Config.from_env({"DATABASE_URL": url, "PROJECT_CACHE_TTL": "30"})
+    db = Database(config.database_url, 1, 2.0)
+    directory = ProjectDirectory(db, config, Metrics(), SecretRedactor(), clock, bounds=(2, 5))
+    first, second, third = (pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
+                            for _ in range(3))
+    assert directory.get(first) and directory.get(second)
+    clock.now += 31
+    assert directory.get(first) is not None            # expired, asked again: now the newest
+    assert directory.get(third) is not None            # `second` goes
+    proxy.cut()
+    clock.now += 31
+    assert directory.get(first).slug == first
+    with pytest.raises(DatabaseUnavailable):
+        directory.get(second)
+    db.close()
+    proxy.cut()
+
+
+def test_waiting_for_a_pooled_connection_is_busy_and_nothing_is_remembered(pg):
+    directory, db = directory_for(pg.reader_url, DB_POOL_SIZE="1", DB_TIMEOUT="0.2")
+    slug = pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
+    with db._pool.connection():                        # the one connection, in use
+        with pytest.raises(DatabaseBusy):
+            directory.get(slug)
+    assert directory.get(slug).slug == slug            # not taken for an unknown slug
+    assert directory._metrics.db_errors._value.get() == 0
     db.close()

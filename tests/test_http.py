@@ -1,6 +1,7 @@
 """HTTP answers of the app in-process: status codes, bodies and headers, every route."""
 
 import gzip
+import io
 import json
 import logging
 import zlib
@@ -245,6 +246,20 @@ def test_a_warm_get_never_reaches_flask_and_anything_else_does(app, client, proj
     client.head(f"/api/public/{project}/status")
     client.get(f"/api/public/{project}/status", headers={"Content-Length": "3"}, data=b"abc")
     assert len(dispatched) == 3                               # a HEAD, a body: Flask's path
+    client.get(f"/api/public/{project}/status", environ_overrides={"CONTENT_LENGTH": "0"})
+    assert len(dispatched) == 3                               # an empty body is none
+    client.get(f"/api/public/{project}/status", environ_overrides={"HTTP_TRANSFER_ENCODING": "chunked"})
+    assert len(dispatched) == 4
+
+
+def test_a_request_that_sent_a_body_closes_its_connection(client, project):
+    """No route reads a body: a connection that sent one may hold more of it, unread."""
+    plain = client.get(f"/api/public/{project}/status")
+    assert "Connection" not in plain.headers
+    declared = client.post(f"/api/public/{project}/status/refresh", data=b"abc")
+    chunked = client.get(f"/api/public/{project}/status", headers={"Transfer-Encoding": "chunked"},
+                         input_stream=io.BytesIO(b"0\r\n\r\n"))
+    assert declared.headers["Connection"] == chunked.headers["Connection"] == "close"
 
 
 def test_the_stream_gauges_move_in_process(client, project):
@@ -265,6 +280,9 @@ def test_every_answer_exposes_retry_after_to_scripts(client, project):
 def test_a_declared_body_over_the_limit_is_413(client, project):
     answer = client.post(f"/api/public/{project}/status/refresh", data=b"x" * (16 * 1024 + 1))
     assert_json_error(answer, 413)
+    assert answer.get_json() == {"error": "request body too large"}
+    at_the_limit = client.post(f"/api/public/{project}/status/refresh", data=b"x" * (16 * 1024))
+    assert at_the_limit.status_code == 200
 
 
 def test_a_get_that_accepts_gzip_gets_the_snapshots_gzip_body(client, project):

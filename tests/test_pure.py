@@ -549,6 +549,30 @@ def test_config_errors_are_told_exactly_and_together():
     assert bad.auth_headers == {} and "not allowed in an HTTP header" in bad.config_error
 
 
+@pytest.mark.parametrize("mapping", ['["sold"]', '{"sold": 7}', '{"sold": ["closed"], "reserved": 3}'])
+def test_a_mapping_that_is_no_object_of_statuses_to_values_is_unusable(mapping):
+    project = project_from_row("d", row(mapping=mapping), 30)
+    assert project.config_error == "status_mapping is not an object of statuses to values"
+    assert project.status_lookup == public_service.DEFAULT_LOOKUP
+
+
+def test_each_unusable_setting_is_named_exactly():
+    assert project_from_row("d", row(interval="NaN"), 30).config_error == (
+        "polling_interval_seconds is not a finite number")
+    newline = project_from_row("d", row(auth_type="api_key", credentials=json.dumps({"key": "a\rb"})), 30)
+    assert newline.config_error == "a credential holds characters not allowed in an HTTP header"
+
+
+def test_a_credential_that_is_a_boolean_is_unusable():
+    with pytest.raises(ValueError, match="'token' is not a string"):
+        auth_headers("bearer", {"token": True}, None)
+
+
+def test_the_urls_own_application_name_is_kept():
+    params = public_service._connection_params("postgresql://h/db?application_name=mine", 1)
+    assert params["application_name"] == "mine"
+
+
 def test_a_timeout_under_a_second_is_kept():
     assert project_from_row("d", row(timeout=Decimal("0.5")), 30).timeout == 0.5
 
@@ -609,6 +633,7 @@ def test_history_is_bounded_by_count_and_by_bytes():
     assert history.since(2, 5) == {"U3", "U4", "U5"}
     assert history.since(1, 5) is None                     # reached back only to 3
     assert history.since(5, 5) == set()
+    assert history.since(3, 5) == {"U4", "U5"}             # what came after 3, not 3 itself
     big = History(bound=100)
     for version in range(1, 4):
         big.add(version, [f"unit-{version}-{n:06d}" for n in range(10_000)])
@@ -646,6 +671,31 @@ def test_changes_since_merges_what_a_client_missed_with_current_statuses(store):
     assert store.changes_since("p", current.epoch, current.version + 1) is None   # future
     assert store.changes_since("p", "other", first.version) is None               # another epoch
     assert store.changes_since("nothing", first.epoch, 1) is None
+
+
+def test_a_commit_prepared_against_an_older_snapshot_is_compared_again(store):
+    first = commit(store, {"A1": "available", "A2": "available"})
+    one, two = (Fetched.over(first, statuses, []) for statuses in (
+        {"A1": "sold", "A2": "available"}, {"A1": "sold", "A2": "reserved"}))
+    store.commit("p", one)
+    store.commit("p", two)                                  # prepared before `one` came in
+    assert store.changes[-1][1] == {"A2": "reserved"}
+
+
+def test_an_installed_step_adds_to_the_history_by_default(store):
+    first = commit(store, {"A1": "available"})
+    step = Snapshot.build("p", first.epoch, 2, {"A1": "sold"})
+    store.install(step, 0, {"A1": "sold"})                 # as a mirror brings one in
+    assert store.changes[-1][2] == (first.epoch, 1)
+    assert store.changes_since("p", first.epoch, 1) == {"A1": "sold"}
+
+
+def test_a_new_line_takes_its_history_whatever_this_store_kept(store):
+    commit(store, {"A1": "available"})
+    commit(store, {"A1": "reserved"})
+    shared = Snapshot.build("p", "shared", 17, {"A1": "sold", "A2": "sold"})
+    store.install(shared, 0, None, history=[(16, ["A2"]), (17, ["A1"])])
+    assert store.changes_since("p", "shared", 15) == {"A1": "sold", "A2": "sold"}
 
 
 def test_ids_start_at_one_in_an_epoch_of_each_store():

@@ -317,8 +317,9 @@ def test_the_first_failure_is_told_at_once_with_what_is_served(service, project,
     upstream.set(f"/{project.slug}", b"oops", status=500)
     with pytest.raises(NoSnapshot):
         service.status(project)
-    [line] = [r.getMessage() for r in caplog.records if "fetch failed" in r.getMessage()]
-    assert line.endswith("(http_error: HTTP 500); serving 503 (no snapshot yet)")
+    [record] = [r for r in caplog.records if "fetch failed" in r.getMessage()]
+    assert record.getMessage().endswith("(http_error: HTTP 500); serving 503 (no snapshot yet)")
+    assert 0 <= record.duration < 5                          # how long the failed fetch took
     upstream.set_statuses(f"/{project.slug}", {"A1": "open"})
     clock.now += 31
     service.status(project)
@@ -370,6 +371,7 @@ def test_a_refresh_is_allowed_again_exactly_after_the_interval(clock):
     assert store.claim_refresh("p", 10, 2) == pytest.approx(0.5)
     clock.now += 0.5
     assert store.claim_refresh("p", 10, 2) == 0
+    assert store.claim_refresh("p", 10, 2) == 10             # and that one counts
 
 
 def test_a_successful_refresh_ends_the_pollers_backoff(poller, pg, upstream):
@@ -385,6 +387,23 @@ def test_a_successful_refresh_ends_the_pollers_backoff(poller, pg, upstream):
     poller.start(slug)
     poller.run_until(lambda: upstream.count(f"/{slug}") == 6)
     assert poller.sleeps == [5.0]                         # the interval, not the backoff
+
+
+def test_any_successful_fetch_ends_the_backoff_at_once(poller, pg, upstream, clock):
+    """Three failed refreshes put the next poll 20-40 s after the last; a refresh that
+    succeeds 10 s later brings it back to one interval from then."""
+    slug = pg.add_project(pg.unique_slug("poll"), base_url=upstream.url, interval=5)
+    upstream.set(f"/{slug}", b"", status=503)
+    project = poller.service.directory.get(slug)
+    for _ in range(3):
+        with pytest.raises(NoSnapshot):
+            poller.service.refresh(project)
+        clock.now += 10
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    poller.service.refresh(project)
+    poller.start(slug)
+    poller.run_until(lambda: upstream.count(f"/{slug}") == 5)
+    assert poller.sleeps == [5.0]
 
 
 def test_a_miss_takes_what_another_worker_committed(upstream, request, clock):

@@ -104,17 +104,29 @@ class Server:
             raise SystemExit(f"{name} did not start: {self.process.stderr.read()}")
         time.sleep(0.3)
 
-    def worker_pid(self) -> int:
+    def worker_pids(self) -> list[int]:
+        """gunicorn's workers (the process itself when it has no children)."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        return int(children[0]) if children else self.process.pid
+        return [int(pid) for pid in children] or [self.process.pid]
+
+    def wait_for_workers(self, count: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(self.worker_pids()) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)                  # each worker imports the app, then serves
 
     def rss_kb(self) -> int:
-        status = Path(f"/proc/{self.worker_pid()}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+        """Resident memory of every worker, together."""
+        return sum(int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
+                   for pid in self.worker_pids())
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.worker_pid()}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time of every worker, together."""
+        total = 0.0
+        for pid in self.worker_pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def stop(self) -> None:
         if self.process.poll() is not None:
@@ -136,6 +148,20 @@ def gunicorn(name: str, app: str, env: dict | None = None, floor: bool = False) 
         args[at + 1] = "gevent"
     command = [sys.executable, "-m", "gunicorn", *args, "--bind", f"127.0.0.1:{port}", app]
     return Server(name, command, port, env)
+
+
+def start_client_api() -> str:
+    """The fake client API (bench/upstream.py) on the load core; its URL."""
+    port = free_port()
+    Server("client API", [sys.executable, str(ROOT / "bench" / "upstream.py"), str(port)], port,
+           core=LOAD_CORE)
+    return f"http://127.0.0.1:{port}"
+
+
+def save_results(results, kind: str) -> None:
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}.json").write_text(json.dumps(results, indent=2))
 
 
 class LoadGenerator:
@@ -290,10 +316,7 @@ def main() -> None:
     raise_open_files_limit()
     started = time.monotonic()
 
-    upstream_port = free_port()
-    Server("client API", [sys.executable, str(ROOT / "bench" / "upstream.py"), str(upstream_port)],
-           upstream_port, core=LOAD_CORE)
-    upstream_url = f"http://127.0.0.1:{upstream_port}"
+    upstream_url = start_client_api()
     database_url = prepare_database(upstream_url)
     env = {"DATABASE_URL": database_url, "STATUS_CACHE_TTL": "3600", "SSE_PING_INTERVAL": "3600",
            "REFRESH_MIN_INTERVAL": "0", "PROJECT_CACHE_TTL": "3600", "LOG_LEVEL": "WARNING",
@@ -356,9 +379,7 @@ def main() -> None:
             server.stop()
 
     results["seconds"] = time.monotonic() - started
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"{time.strftime('%Y%m%d-%H%M%S')}-{results['mode']}.json").write_text(json.dumps(results, indent=2))
+    save_results(results, results["mode"])
     print(report(results))
     print(f"\n(run took {results['seconds']:.0f} s; raw figures in bench/results/)")
 

@@ -28,7 +28,6 @@ import psycopg2
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.run import (
     LOAD_CORE,
-    ROOT,
     LoadGenerator,
     Server,
     free_port,
@@ -36,6 +35,8 @@ from bench.run import (
     http,
     prepare_database,
     raise_open_files_limit,
+    save_results,
+    start_client_api,
 )
 
 STREAMS, PROJECTS = int(os.environ.get("STORM_STREAMS", "5000")), 5
@@ -112,10 +113,7 @@ def run(mode: str, env: dict, slugs: list[str], upstream_url: str, resume: bool)
 
 def main() -> None:
     raise_open_files_limit()
-    upstream_port = free_port()
-    Server("client API", [sys.executable, str(ROOT / "bench" / "upstream.py"), str(upstream_port)],
-           upstream_port, core=LOAD_CORE)
-    upstream_url = f"http://127.0.0.1:{upstream_port}"
+    upstream_url = start_client_api()
     database_url = prepare_database(upstream_url)
     slugs = add_projects(database_url, upstream_url)
     base = {"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", "MAX_STREAMS": "20000",
@@ -131,9 +129,7 @@ def main() -> None:
         for server in Server.started:
             server.stop()
         redis.terminate()
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"{time.strftime('%Y%m%d-%H%M%S')}-storm.json").write_text(json.dumps(reports, indent=2))
+    save_results(reports, "storm")
     print(f"storm: {STREAMS:,} streams on {PROJECTS} projects, SIGTERM to A, all back on B "
           f"({os.cpu_count()} cores)\n")
     print("| run | back / opened | errors | 99% current after | reconnect to current, p99 "

@@ -18,11 +18,31 @@ from public_service import (
 )
 
 
-def directory_for(url, clock=None, **settings):
+def directory_for(url, clock=None, bounds=None, **settings):
     config = Config.from_env({"DATABASE_URL": url, "PROJECT_CACHE_TTL": "30", "DB_TIMEOUT": "2",
                               **settings})
     db = Database(config.database_url, config.db_pool_size, config.db_timeout)
-    return ProjectDirectory(db, config, Metrics(), SecretRedactor(), clock or FakeClock()), db
+    bounded = {"bounds": bounds} if bounds else {}
+    return ProjectDirectory(db, config, Metrics(), SecretRedactor(), clock or FakeClock(), **bounded), db
+
+
+@pytest.fixture
+def cuttable(pg):
+    """`cuttable(bounds=None)`: a directory on a fake clock whose database a test can take
+    away and give back (`proxy.cut()`, `proxy.restore()`): (directory, proxy, clock)."""
+    made = []
+
+    def make(bounds=None):
+        proxy, clock = TcpProxy(5432), FakeClock()
+        url = pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        directory, db = directory_for(url, clock, bounds)
+        made.append((db, proxy))
+        return directory, proxy, clock
+
+    yield make
+    for db, proxy in made:
+        db.close()
+        proxy.cut()
 
 
 @pytest.fixture
@@ -132,11 +152,8 @@ def test_the_query_is_a_plain_select():
     assert "%s" in PROJECT_SQL and "format(" not in PROJECT_SQL
 
 
-def test_known_projects_outlive_a_database_outage(pg):
-    proxy = TcpProxy(5432)
-    clock = FakeClock()
-    url = pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    directory, db = directory_for(url, clock)
+def test_known_projects_outlive_a_database_outage(pg, cuttable):
+    directory, proxy, clock = cuttable()
     known = pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
     unknown = pg.unique_slug()
     other = pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
@@ -156,20 +173,14 @@ def test_known_projects_outlive_a_database_outage(pg):
     clock.now += 1
     assert directory.get(other).slug == other
     assert directory.get(unknown) is None
-    db.close()
-    proxy.cut()
 
 
-def test_a_flood_of_unknown_slugs_evicts_no_known_project(pg):
+
+def test_a_flood_of_unknown_slugs_evicts_no_known_project(pg, cuttable):
     """Known rows and unknown slugs are bounded apart, least recently used out first: a
     flood of made-up slugs cannot push out a project in use, which then outlives an
     outage of the database."""
-    proxy = TcpProxy(5432)
-    clock = FakeClock()
-    url = pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    config = Config.from_env({"DATABASE_URL": url, "PROJECT_CACHE_TTL": "30", "DB_TIMEOUT": "2"})
-    db = Database(config.database_url, 1, 2.0)
-    directory = ProjectDirectory(db, config, Metrics(), SecretRedactor(), clock, bounds=(2, 5))
+    directory, proxy, clock = cuttable(bounds=(2, 5))
     used, idle, third = (pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
                          for _ in range(3))
     assert directory.get(used) and directory.get(idle)
@@ -184,16 +195,13 @@ def test_a_flood_of_unknown_slugs_evicts_no_known_project(pg):
     assert directory.get(third).slug == third
     with pytest.raises(DatabaseUnavailable):
         directory.get(idle)                            # evicted, so never seen
-    db.close()
-    proxy.cut()
 
 
 
-def test_an_outage_and_a_recovery_are_each_logged_once(pg, caplog):
+
+def test_an_outage_and_a_recovery_are_each_logged_once(pg, cuttable, caplog):
     caplog.set_level(logging.WARNING, logger="public_service")
-    proxy = TcpProxy(5432)
-    clock = FakeClock()
-    directory, db = directory_for(pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"), clock)
+    directory, proxy, clock = cuttable()
     proxy.cut()
     for n in range(3):
         clock.now += 2                                        # past DB_RETRY_SECONDS each time
@@ -206,8 +214,6 @@ def test_an_outage_and_a_recovery_are_each_logged_once(pg, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert sum("database unavailable" in m for m in messages) == 1
     assert sum("database reachable again" in m for m in messages) == 1
-    db.close()
-    proxy.cut()
 
 
 def test_a_projects_credentials_are_redacted_as_soon_as_it_is_looked_up(pg, directory):
@@ -257,9 +263,7 @@ def test_a_row_is_fresh_until_its_ttl_and_not_at_it(pg):
 
 def test_unknown_slugs_are_forgotten_least_recently_used_first(pg):
     clock = FakeClock()
-    config = Config.from_env({"DATABASE_URL": pg.reader_url, "PROJECT_CACHE_TTL": "30"})
-    db = Database(config.database_url, 1, 2.0)
-    directory = ProjectDirectory(db, config, Metrics(), SecretRedactor(), clock, bounds=(5, 2))
+    directory, db = directory_for(pg.reader_url, clock, bounds=(5, 2))
     used, idle, third = (pg.unique_slug() for _ in range(3))
     assert directory.get(used) is None and directory.get(idle) is None
     assert directory.get(used) is None                 # a hit: now the most recently used
@@ -275,11 +279,8 @@ def test_unknown_slugs_are_forgotten_least_recently_used_first(pg):
     db.close()
 
 
-def test_a_project_gone_is_not_served_from_its_old_row_while_the_database_is_away(pg):
-    proxy = TcpProxy(5432)
-    clock = FakeClock()
-    url = pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    directory, db = directory_for(url, clock)
+def test_a_project_gone_is_not_served_from_its_old_row_while_the_database_is_away(pg, cuttable):
+    directory, proxy, clock = cuttable()
     slug = pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
     assert directory.get(slug) is not None
     pg.set_active(slug, False)
@@ -289,17 +290,11 @@ def test_a_project_gone_is_not_served_from_its_old_row_while_the_database_is_awa
     clock.now += 31
     with pytest.raises(DatabaseUnavailable):
         directory.get(slug)                            # not the deactivated project's row
-    db.close()
-    proxy.cut()
 
 
-def test_a_row_looked_up_again_is_the_most_recently_used(pg):
-    proxy = TcpProxy(5432)
-    clock = FakeClock()
-    url = pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    config = Config.from_env({"DATABASE_URL": url, "PROJECT_CACHE_TTL": "30"})
-    db = Database(config.database_url, 1, 2.0)
-    directory = ProjectDirectory(db, config, Metrics(), SecretRedactor(), clock, bounds=(2, 5))
+
+def test_a_row_looked_up_again_is_the_most_recently_used(pg, cuttable):
+    directory, proxy, clock = cuttable(bounds=(2, 5))
     first, second, third = (pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
                             for _ in range(3))
     assert directory.get(first) and directory.get(second)
@@ -311,8 +306,7 @@ def test_a_row_looked_up_again_is_the_most_recently_used(pg):
     assert directory.get(first).slug == first
     with pytest.raises(DatabaseUnavailable):
         directory.get(second)
-    db.close()
-    proxy.cut()
+
 
 
 def test_waiting_for_a_pooled_connection_is_busy_and_nothing_is_remembered(pg):

@@ -2551,12 +2551,22 @@ class ConnectionGuard:
     KEEPALIVE_TIMEOUT. Near the worker's connection cap, each new connection evicts the
     longest idle one, never a stream or a request in progress; at shutdown every waiting
     connection is let go at once.
+
+    Idle connections are timed by one sweeper per worker, not a timer per wait: a socket
+    timeout would start and cancel a timer on every keep-alive request (a tenth of a
+    warm GET's cost). So a connection may outlive its limit by one sweep, a quarter of
+    the shorter limit at most (and never more than a second).
     """
 
     def __init__(self, config: Config):
         self._header_timeout = config.header_timeout
         self._keepalive_timeout = config.keepalive_timeout
-        self._idle: OrderedDict[Any, None] = OrderedDict()  # handlers, longest idle first
+        self._sweep_every = min(1.0, max(0.05, min(config.header_timeout, config.keepalive_timeout) / 4))
+        self._sweeper: gevent.Greenlet | None = None
+        # Idle handlers -> since when, longest idle first: before a first request (timed
+        # by HEADER_TIMEOUT), and between requests (KEEPALIVE_TIMEOUT).
+        self._idle_new: OrderedDict[Any, float] = OrderedDict()
+        self._idle_kept: OrderedDict[Any, float] = OrderedDict()
         self._reading: set = set()
         self.closing = False
 
@@ -2618,15 +2628,15 @@ class ConnectionGuard:
             return ""
         if first:
             self._make_room(handler.server)
+        if self._sweeper is None:
+            self._sweeper = gevent.spawn(self._sweep_forever)
         started = time.monotonic()
-        self._idle[handler] = None
-        try:  # one read: the socket's own timeout is the idle limit
-            handler.socket.settimeout(self._header_timeout if first else self._keepalive_timeout)
+        idle = self._idle_new if first else self._idle_kept
+        idle[handler] = started
+        try:  # one read; the sweeper hangs up on it when it waits too long
             arrived = handler.rfile.peek(1)
         finally:
-            self._idle.pop(handler, None)
-            if handler.socket is not None:
-                handler.socket.settimeout(None)
+            idle.pop(handler, None)
         if not arrived or self.closing:
             return ""
         if b"\r\n\r\n" in arrived or b"\n\n" in arrived:
@@ -2643,8 +2653,23 @@ class ConnectionGuard:
         """Near the cap of the server's connection pool (the worker's connections), close
         the longest idle connection for the new one."""
         pool = getattr(server, "pool", None)
-        if pool is not None and pool.free_count() < max(10, pool.size // 100) and self._idle:
-            self._hang_up(self._idle.popitem(last=False)[0])
+        if pool is None or pool.free_count() >= max(10, pool.size // 100):
+            return
+        fronts = [idle for idle in (self._idle_new, self._idle_kept) if idle]
+        if fronts:
+            oldest = min(fronts, key=lambda idle: next(iter(idle.values())))
+            self._hang_up(oldest.popitem(last=False)[0])
+
+    def _sweep_forever(self) -> None:
+        """Hang up on every connection idle past its limit (each dict is oldest first,
+        so a sweep stops at the first one still in time)."""
+        while not self.closing:
+            gevent.sleep(self._sweep_every)
+            now = time.monotonic()
+            for idle, limit in ((self._idle_new, self._header_timeout),
+                                (self._idle_kept, self._keepalive_timeout)):
+                while idle and next(iter(idle.values())) + limit <= now:
+                    self._hang_up(idle.popitem(last=False)[0])
 
     @staticmethod
     def _read_bounded_head(handler) -> str:
@@ -2680,7 +2705,7 @@ class ConnectionGuard:
     def let_go(self) -> None:
         """Shutting down: end every waiting connection now; busy ones finish first."""
         self.closing = True
-        for handler in [*self._idle, *self._reading]:
+        for handler in [*self._idle_new, *self._idle_kept, *self._reading]:
             self._hang_up(handler)
 
 

@@ -2605,6 +2605,20 @@ class ConnectionGuard:
                 self.wsgi_input.__class__ = _BoundedInput
                 return environ
 
+            def _sendall(self, data):
+                # gevent's sendall asks the kernel for SO_SNDBUF before every write, a
+                # syscall as dear as the send itself (a third of a fan-out's time); one
+                # send takes a message whole unless the socket's buffer is full.
+                try:
+                    sent = self.socket.send(data)
+                except OSError:
+                    sent = 0  # pywsgi's own sendall raises it again, and records it
+                if sent == len(data):
+                    self.response_length += sent
+                    return
+                self.response_length += sent
+                super()._sendall(memoryview(data)[sent:])
+
             def finalize_headers(self):
                 super().finalize_headers()
                 if self.command == "HEAD":

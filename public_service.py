@@ -2613,11 +2613,9 @@ class ConnectionGuard:
                     sent = self.socket.send(data)
                 except OSError:
                     sent = 0  # pywsgi's own sendall raises it again, and records it
-                if sent == len(data):
-                    self.response_length += sent
-                    return
                 self.response_length += sent
-                super()._sendall(memoryview(data)[sent:])
+                if sent < len(data):
+                    super()._sendall(memoryview(data)[sent:])
 
             def finalize_headers(self):
                 super().finalize_headers()

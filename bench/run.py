@@ -61,13 +61,28 @@ def prepare_database(upstream_url: str) -> str:
         cursor.execute((ROOT / "schema.sql").read_text())
         cursor.execute(f"GRANT SELECT ON projects, integration_configs TO {ROLE}")
         for slug, interval in (("bench-get", 3600), ("bench-poll", 1)):
-            cursor.execute("INSERT INTO projects (slug) VALUES (%s) RETURNING id", (slug,))
-            cursor.execute(
-                "INSERT INTO integration_configs (project_id, api_base_url, status_endpoint, "
-                "polling_interval_seconds) VALUES (%s, %s, %s, %s)",
-                (cursor.fetchone()[0], upstream_url, f"/{slug}", interval))
+            insert_project(cursor, slug, upstream_url, interval)
     conn.close()
     return ADMIN_URL.rsplit("/", 1)[0].replace("postgres@", f"{ROLE}@") + f"/{DATABASE}"
+
+
+def insert_project(cursor, slug: str, upstream_url: str, interval: float) -> None:
+    cursor.execute("INSERT INTO projects (slug) VALUES (%s) RETURNING id", (slug,))
+    cursor.execute(
+        "INSERT INTO integration_configs (project_id, api_base_url, status_endpoint, "
+        "polling_interval_seconds) VALUES (%s, %s, %s, %s)",
+        (cursor.fetchone()[0], upstream_url, f"/{slug}", interval))
+
+
+def add_projects(database_url: str, upstream_url: str, slugs: list[str], interval: float) -> list[str]:
+    """More projects in the bench's database (written as its owner, not the reader)."""
+    admin = psycopg2.connect(database_url.replace(f"{ROLE}@", "postgres@"))
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        for slug in slugs:
+            insert_project(cursor, slug, upstream_url, interval)
+    admin.close()
+    return slugs
 
 
 def procfile_args() -> list[str]:

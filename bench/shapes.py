@@ -29,13 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-import psycopg2
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.run import (
     SERVER_CORE,
     LoadGenerator,
     Server,
+    add_projects,
     free_port,
     http,
     prepare_database,
@@ -60,18 +59,6 @@ def service(name: str, env: dict, workers: int = 1, core: str = SERVER_CORE) -> 
     server = Server(name, command, port, env, core=core)
     server.wait_for_workers(workers)
     return server
-
-
-def add_project(database_url: str, slug: str, upstream_url: str, interval: float) -> None:
-    admin = psycopg2.connect(database_url.replace("public_status_bench_reader@", "postgres@"))
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute("INSERT INTO projects (slug) VALUES (%s) RETURNING id", (slug,))
-        cursor.execute(
-            "INSERT INTO integration_configs (project_id, api_base_url, status_endpoint, "
-            "polling_interval_seconds) VALUES (%s, %s, %s, %s)",
-            (cursor.fetchone()[0], upstream_url, f"/{slug}", interval))
-    admin.close()
 
 
 class Counter:
@@ -254,7 +241,7 @@ def main() -> None:
     upstream_url = start_client_api()
     upstream_port = int(upstream_url.rsplit(":", 1)[1])
     database_url = prepare_database(upstream_url)
-    add_project(database_url, "launch", upstream_url, 1)
+    add_projects(database_url, upstream_url, ["launch"], 1)
     env = {"DATABASE_URL": database_url, "STATUS_CACHE_TTL": "3600", "SSE_PING_INTERVAL": "3600",
            "REFRESH_MIN_INTERVAL": "0", "PROJECT_CACHE_TTL": "3600", "LOG_LEVEL": "WARNING",
            "MAX_STREAMS": "20000"}

@@ -23,13 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-import psycopg2
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.run import (
     LOAD_CORE,
     LoadGenerator,
     Server,
+    add_projects,
     free_port,
     gunicorn,
     http,
@@ -54,21 +53,6 @@ def redis_server() -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.05)
     return process, f"redis://127.0.0.1:{port}/0"
-
-
-def add_projects(database_url: str, upstream_url: str) -> list[str]:
-    admin = psycopg2.connect(database_url.replace("public_status_bench_reader@", "postgres@"))
-    admin.autocommit = True
-    slugs = [f"storm-{n}" for n in range(1, PROJECTS + 1)]
-    with admin.cursor() as cursor:
-        for slug in slugs:
-            cursor.execute("INSERT INTO projects (slug) VALUES (%s) RETURNING id", (slug,))
-            cursor.execute(
-                "INSERT INTO integration_configs (project_id, api_base_url, status_endpoint, "
-                "polling_interval_seconds) VALUES (%s, %s, %s, 30)",
-                (cursor.fetchone()[0], upstream_url, f"/{slug}"))
-    admin.close()
-    return slugs
 
 
 def run(mode: str, env: dict, slugs: list[str], upstream_url: str, resume: bool) -> dict:
@@ -115,7 +99,7 @@ def main() -> None:
     raise_open_files_limit()
     upstream_url = start_client_api()
     database_url = prepare_database(upstream_url)
-    slugs = add_projects(database_url, upstream_url)
+    slugs = add_projects(database_url, upstream_url, [f"storm-{n}" for n in range(1, PROJECTS + 1)], 30)
     base = {"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", "MAX_STREAMS": "20000",
             "SSE_PING_INTERVAL": "30"}
     redis, redis_url = redis_server()

@@ -593,6 +593,8 @@ class SingleFlight:
             return work()
         finally:
             del self._running[key]
+
+
 # --------------------------------------------------------------------------- normalization
 
 DEFAULT_STATUS_VALUES: Mapping[str, tuple[str, ...]] = {
@@ -1385,6 +1387,7 @@ class History:
 REDIS_PREFIX = "public-status:"
 CHANGES_CHANNEL = REDIS_PREFIX + "changes"
 REDIS_RETRY_SECONDS = 1.0      # while Redis is away, how often to try it again
+REDIS_CONNECTIONS = 50         # per worker; the follower's subscription holds one
 SNAPSHOT_KEY_TTL = 86_400      # a project nobody fetches for a day leaves Redis
 
 # Commit one fetch: a new version only when the statuses changed (compared by digest),
@@ -1476,8 +1479,12 @@ class RedisLink:
     Redis error (logged once) until it answers again: then `on_return`, and shared."""
 
     def __init__(self, url: str, on_message: Callable[[dict], None], on_return: Callable[[], None]):
-        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1,
-                                           health_check_interval=10)
+        # A burst (a launch's viewers, each asking for a snapshot at once) waits for a
+        # connection rather than failing as if Redis were away.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=REDIS_CONNECTIONS, timeout=2, socket_timeout=2,
+            socket_connect_timeout=1, health_check_interval=10)
+        self.client = redis.Redis(connection_pool=pool)
         self.me = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
         self.shared = True
         self._on_message = on_message
@@ -1496,7 +1503,7 @@ class RedisLink:
 
     def close(self) -> None:
         self._closed = True
-        self._follower.kill(block=False)
+        self._follower.kill(timeout=1)   # before its connection closes under it
         self.client.close()
 
     def _lose(self, exc: Exception) -> None:
@@ -1609,6 +1616,7 @@ class RedisStore(Store):
         self._history_bound = history
         self._waiters: dict[str, gevent.event.AsyncResult] = {}  # for another worker's fetch
         self._digests: dict[str, str] = {}    # of each mirrored snapshot, as committed
+        self._syncs = SingleFlight()
         self._link = RedisLink(url, self._on_message, self._rejoin)
         self._leases = RedisLeases(self._link.client, self._link.me, lease_ttl)
         self._commit = self._link.client.register_script(COMMIT_SCRIPT)
@@ -1625,7 +1633,8 @@ class RedisStore(Store):
         return self._local.read(slug)
 
     def sync(self, slug: str) -> None:
-        self._link.run(lambda: self._load(slug), lambda: None)
+        # A burst of streams new to a project asks Redis once, not once each.
+        self._syncs.join(slug, lambda: self._link.run(lambda: self._load(slug), lambda: None))
 
     def commit(self, slug: str, fetched: Fetched) -> Snapshot:
         def shared():

@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -123,6 +124,62 @@ def test_a_refresh_on_one_instance_reaches_the_other(two, pg, upstream):
     assert 1 <= int(limited.headers["Retry-After"]) <= 1
 
 
+def crowd(port: int, request: bytes, count: int = 250) -> list[socket.socket]:
+    """`count` connections, each sent `request` once all are open, so that the service
+    reads them in one go, as it would a crowd's."""
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+    for sock in sockets:
+        sock.sendall(request)
+    return sockets
+
+
+def hgetall_calls(redis_server) -> int:
+    stats = redis.Redis.from_url(redis_server.url).info("commandstats")
+    return stats.get("cmdstat_hgetall", {}).get("calls", 0)
+
+
+def test_a_crowd_of_streams_new_to_an_instance_asks_redis_once(two, pg, upstream, redis_server):
+    """Launch: hundreds of viewers land at once on a project no instance has fetched yet.
+    A new stream asks Redis whether another instance has the snapshot: the crowd asks
+    once, and the next change arrives as a step."""
+    a, b = two
+    slug = pg.add_project(pg.unique_slug("crowd"), base_url=upstream.url, interval=60)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"}, delay=0.2)
+    asked = hgetall_calls(redis_server)
+    viewers = crowd(b.port, f"GET /api/public/{slug}/status/stream HTTP/1.1\r\nHost: b\r\n\r\n".encode())
+    try:
+        watching = stream(b, slug)
+        watching.next_event("status_update")
+        assert hgetall_calls(redis_server) - asked <= 5
+        upstream.set_statuses(f"/{slug}", {"A1": "held"})
+        assert requests.post(f"{a.url}/api/public/{slug}/status/refresh", timeout=5).ok
+        change = watching.next_event("bulk_update", 2)
+        assert change is not None and change.json() == {"updates": {"A1": "reserved"}}
+        assert "Redis unavailable" not in b.logs()
+    finally:
+        for viewer in viewers:
+            viewer.close()
+
+
+def test_a_crowd_of_refreshes_is_not_a_redis_outage(two, pg, upstream):
+    """Each forced refresh claims its turn in Redis: hundreds at once wait for one of the
+    worker's connections to Redis; none of them makes the worker go alone."""
+    _, b = two
+    slug = pg.add_project(pg.unique_slug("crowd"), base_url=upstream.url, interval=60)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    stream(b, slug).next_event("status_update")
+    agents = crowd(b.port, f"POST /api/public/{slug}/status/refresh HTTP/1.1\r\nHost: b\r\n"
+                           "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    try:
+        answers = [agent.recv(64).split(b" ")[1] for agent in agents]
+    finally:
+        for agent in agents:
+            agent.close()
+    assert set(answers) <= {b"200", b"429"} and b"200" in answers, set(answers)
+    assert metric(b.url, "public_status_redis_shared") == 1
+    assert "Redis unavailable" not in b.logs()
+
+
 def test_concurrent_refreshes_across_instances_share_one_fetch(two, pg, upstream):
     a, b = two
     slug = pg.add_project(pg.unique_slug("shared"), base_url=upstream.url, interval=60)
@@ -232,3 +289,6 @@ def test_a_stopping_holder_gives_its_lease_back(two, pg, upstream, redis_server)
     assert metric(stopping.url, "public_status_redis_shared") == 1
     stopping.process.send_signal(signal.SIGTERM)
     wait_for(lambda: client.get(f"public-status:lease:{slug}") != holder.encode(), timeout=0.5)
+    assert stopping.process.wait(10) == 0
+    assert "Traceback" not in stopping.logs()          # its follower stopped before Redis closed
+

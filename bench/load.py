@@ -39,14 +39,12 @@ def request_bytes(method, path, gzip=False):
             f"{encoding}Content-Length: 0\r\n\r\n").encode()
 
 
-class Inflater:
-    """One gzip stream's body as it arrives: the response head skipped, chunks undone,
-    the deflate pieces inflated, so that markers can be found in what it says."""
+class Dechunker:
+    """One stream's body as it arrives: the response head skipped, chunks undone."""
 
     def __init__(self):
         self.head_done = False
         self.raw = b""
-        self.zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
 
     def feed(self, data: bytes) -> bytes:
         self.raw += data
@@ -63,36 +61,33 @@ class Inflater:
                 break
             body.append(rest[:size])
             self.raw = rest[size + 2:]
-        return self.zlib.decompress(b"".join(body))
+        return b"".join(body)
+
+
+class Inflater(Dechunker):
+    """A gzip stream's body, its deflate pieces inflated as they come, so that markers
+    can be found in what it says."""
+
+    def __init__(self):
+        super().__init__()
+        self.zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> bytes:
+        return self.zlib.decompress(super().feed(data))
 
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)   # Linux
 
 
-class EventParser:
-    """One plain stream's body as it arrives: the response head skipped, chunks undone,
-    and whole SSE messages handed out as (event, data, id)."""
+class EventParser(Dechunker):
+    """A plain stream's body, handed out as whole SSE messages: (event, data, id)."""
 
     def __init__(self):
-        self.head_done = False
-        self.raw = b""
+        super().__init__()
         self.body = b""
 
     def feed(self, data: bytes) -> list[tuple[str, str, str]]:
-        self.raw += data
-        if not self.head_done:
-            if b"\r\n\r\n" not in self.raw:
-                return []
-            self.raw = self.raw.split(b"\r\n\r\n", 1)[1]
-            self.head_done = True
-        while b"\r\n" in self.raw:
-            size_line, rest = self.raw.split(b"\r\n", 1)
-            size = int(size_line, 16)
-            if len(rest) < size + 2:
-                break
-            self.body += rest[:size]
-            self.raw = rest[size + 2:]
-        *messages, self.body = self.body.split(b"\n\n")
+        *messages, self.body = (self.body + super().feed(data)).split(b"\n\n")
         events = []
         for message in messages:
             fields = dict(line.split(": ", 1) for line in message.decode().split("\n") if ": " in line)

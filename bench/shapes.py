@@ -20,10 +20,9 @@ Figures print as a table; raw ones land in bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -37,10 +36,12 @@ from bench.run import (
     add_projects,
     free_port,
     http,
+    machine,
     prepare_database,
     procfile_args,
     raise_open_files_limit,
     save_results,
+    served_counts,
     start_client_api,
     wrk,
 )
@@ -48,8 +49,9 @@ from bench.storm import redis_server
 
 BOTH_CORES = "0,1"
 STREAMS = int(os.environ.get("SHAPES_STREAMS", "5000"))   # smaller only to try the script
-LAUNCH = {"streams": int(os.environ.get("SHAPES_LAUNCH_STREAMS", "10000")), "units": 1000, "changes_per_second": 5, "reconnects_per_second": 100,
-          "refreshes_per_second": 20, "refresh_min_interval": 10.0}
+LAUNCH = {"streams": int(os.environ.get("SHAPES_LAUNCH_STREAMS", "10000")), "units": 1000,
+          "changes_per_second": 5, "reconnects_per_second": 100, "refreshes_per_second": 20,
+          "refresh_min_interval": 10.0}
 
 
 def service(name: str, env: dict, workers: int = 1, core: str = SERVER_CORE) -> Server:
@@ -61,16 +63,6 @@ def service(name: str, env: dict, workers: int = 1, core: str = SERVER_CORE) -> 
     return server
 
 
-class Counter:
-    """Requests the client API served, per path."""
-
-    def __init__(self, upstream_url: str):
-        self.url = upstream_url
-
-    def __call__(self, path: str) -> int:
-        return json.loads(http("GET", f"{self.url}/_count")).get(path, 0)
-
-
 # --------------------------------------------------------------------------- phases
 
 def workers_phase(env: dict, workers: int, load: LoadGenerator, upstream_url: str,
@@ -78,32 +70,24 @@ def workers_phase(env: dict, workers: int, load: LoadGenerator, upstream_url: st
     """One worker count in one mode: GETs, a change to 5,000 streams, polls per interval."""
     server = service(f"{workers} worker(s)", env, workers, core=BOTH_CORES)
     port = server.port
-    count = Counter(upstream_url)
     try:
         wrk(port, 1)                                           # every worker warm
         get = wrk(port, seconds)
         opened = load("open", port=port, path="/api/public/bench-poll/status/stream", count=STREAMS,
                       marker="status_update")
         time.sleep(1)
-        deliveries = []
-        for _ in range(3):
-            http("GET", f"{upstream_url}/_flip?path=/bench-poll")
-            deliveries.append(load("deliver", port=port, method="POST",
-                                   path="/api/public/bench-poll/status/refresh",
-                                   marker="bulk_update", timeout=5))
-            time.sleep(0.5)
-        before, started = count("/bench-poll"), time.monotonic()
+        changes = fanout(load, port, upstream_url, "bench-poll", changes=3, timeout=5)
+        before, started = served_counts(upstream_url).get("/bench-poll", 0), time.monotonic()
         time.sleep(6)
-        per_interval = (count("/bench-poll") - before) / (time.monotonic() - started)  # interval 1 s
+        per_interval = (served_counts(upstream_url).get("/bench-poll", 0) - before) / (
+            time.monotonic() - started)                        # its interval is 1 s
         load("close_all")
     finally:
         server.stop()
     return {"workers": workers, "get_rps": get["rps"], "get_non_2xx": get["non_2xx"],
             "opened": opened["ready"], "open_errors": opened["errors"],
-            "fanout_p50_ms": sorted(d["p50_ms"] or math.inf for d in deliveries)[1],
-            "fanout_p99_ms": sorted(d["p99_ms"] or math.inf for d in deliveries)[1],
-            "delivered": sum(d["delivered"] for d in deliveries),
-            "expected": sum(d["expected"] for d in deliveries),
+            "fanout_p50_ms": changes["p50_ms"], "fanout_p99_ms": changes["p99_ms"],
+            "delivered": changes["delivered"], "expected": changes["expected"],
             "upstream_per_interval": per_interval}
 
 
@@ -135,15 +119,19 @@ def instances_phase(base_env: dict, redis_url: str, load: LoadGenerator, upstrea
     return results
 
 
-def fanout(load: LoadGenerator, trigger_port: int, upstream_url: str, changes: int = 5) -> dict:
+def fanout(load: LoadGenerator, trigger_port: int, upstream_url: str, slug: str = "bench-get",
+           changes: int = 5, timeout: float = 15) -> dict:
+    """`changes` times: change one unit at the client API and force a refresh through
+    `trigger_port`; the median p50 and p99 of its delivery to every open stream."""
     runs = []
     for _ in range(changes):
-        http("GET", f"{upstream_url}/_flip?path=/bench-get")
+        http("GET", f"{upstream_url}/_flip?path=/{slug}")
         runs.append(load("deliver", port=trigger_port, method="POST",
-                         path="/api/public/bench-get/status/refresh", marker="bulk_update"))
+                         path=f"/api/public/{slug}/status/refresh", marker="bulk_update",
+                         timeout=timeout))
         time.sleep(0.5)
-    p99s = sorted(r["p99_ms"] for r in runs if r["p99_ms"] is not None)
-    return {"p99_ms": p99s[len(p99s) // 2] if p99s else None,
+    median = lambda key: statistics.median(r[key] if r[key] is not None else math.inf for r in runs)  # noqa: E731
+    return {"p50_ms": median("p50_ms"), "p99_ms": median("p99_ms"),
             "delivered": sum(r["delivered"] for r in runs), "expected": sum(r["expected"] for r in runs)}
 
 
@@ -151,10 +139,9 @@ def launch_phase(env: dict, load: LoadGenerator, upstream_url: str, upstream_por
                  seconds: int) -> dict:
     server = service("launch day", {**env, "REFRESH_MIN_INTERVAL": str(LAUNCH["refresh_min_interval"]),
                                     "MAX_STREAMS": "20000"})
-    count = Counter(upstream_url)
     try:
         baseline_mb = server.rss_kb() / 1024
-        cpu_before, before = server.cpu_seconds(), count("/launch")
+        cpu_before, before = server.cpu_seconds(), served_counts(upstream_url).get("/launch", 0)
         called = time.monotonic()
         result = load("launch", port=server.port, path="/api/public/launch/status/stream",
                       count=LAUNCH["streams"], seconds=seconds,
@@ -165,7 +152,7 @@ def launch_phase(env: dict, load: LoadGenerator, upstream_url: str, upstream_por
         result["watched_seconds"] = time.monotonic() - called     # streams open, polls going
         result["cpu_seconds"] = server.cpu_seconds() - cpu_before
         result["rss_mb"], result["baseline_mb"] = server.rss_kb() / 1024, baseline_mb
-        result["upstream_requests"] = count("/launch") - before
+        result["upstream_requests"] = served_counts(upstream_url).get("/launch", 0) - before
     finally:
         server.stop()
     result["seconds"] = seconds
@@ -248,8 +235,7 @@ def main() -> None:
     redis, redis_url = redis_server()
     load = LoadGenerator()
     results = {"date": time.strftime("%Y-%m-%d"),
-               "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-                          f"Python {platform.python_version()}", "workers": []}
+               "machine": machine(), "workers": []}
     try:
         for mode, extra in (("no", {}), ("yes", {"REDIS_URL": redis_url})):
             for workers in (1, 2):

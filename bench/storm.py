@@ -14,7 +14,6 @@ and current, the bytes per reconnect, the client API requests the storm caused, 
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import statistics
@@ -35,6 +34,7 @@ from bench.run import (
     prepare_database,
     raise_open_files_limit,
     save_results,
+    served_counts,
     start_client_api,
 )
 
@@ -63,11 +63,10 @@ def run(mode: str, env: dict, slugs: list[str], upstream_url: str, resume: bool)
         http("GET", f"http://127.0.0.1:{a.port}/api/public/{slug}/status")
     paths = [f"/api/public/{slug}/status/stream" for slug in slugs]
     opened = load("storm_open", port=a.port, paths=paths, count=STREAMS)
-    counts = lambda: json.loads(http("GET", f"{upstream_url}/_count"))  # noqa: E731
-    before = counts()
+    before = served_counts(upstream_url)
     a.process.terminate()
     followed = load("storm_follow", port=b.port, resume=resume)
-    after = counts()
+    after = served_counts(upstream_url)
     b.stop()
     a.stop()
     load("quit")

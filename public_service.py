@@ -334,6 +334,7 @@ SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 DEFAULT_TIMEOUT_SECONDS = 10.0
 MAX_TIMEOUT_SECONDS = 120.0       # a misconfigured timeout must not pin a fetch for hours
 STREAM_QUEUE_SIZE = 64            # messages a slow reader may fall behind before it is dropped
+STREAM_ENVIRON_KEY = "public_status.stream"  # a stream's request names its Stream
 DB_RETRY_SECONDS = 1.0            # after a database failure, serve from cache this long untried
 DB_RETRY_AFTER = 5                # Retry-After (s) on a 503 caused by the database
 KNOWN_PROJECTS = 10_000           # project rows kept, least recently used dropped first
@@ -454,14 +455,16 @@ def _one_line(value: str) -> str:
 class Wire:
     """One SSE message, made once for all its streams: its bytes as they are, and the
     first time a compressed stream asks, as a self-contained piece of a deflate stream
-    (`deflate_piece`; for a message of one connection, a stored block: no compressor)."""
+    (`deflate_piece`; for a message of one connection, a stored block: no compressor).
+    Either as an HTTP/1.1 chunk too (`chunk`), for the streams that write it themselves."""
 
-    __slots__ = ("_piece", "_stored", "plain")
+    __slots__ = ("_chunks", "_piece", "_stored", "plain")
 
     def __init__(self, plain: bytes, stored: bool = False):
         self.plain = plain
         self._stored = stored
         self._piece: bytes | None = None
+        self._chunks: tuple[bytes | None, bytes | None] = (None, None)  # plain, piece
 
     @property
     def piece(self) -> bytes:
@@ -469,6 +472,15 @@ class Wire:
             stored = stored_piece(self.plain)
             self._piece = stored if self._stored else min(deflate_piece(self.plain), stored, key=len)
         return self._piece
+
+    def chunk(self, gzip: bool) -> bytes:
+        """The plain bytes, or the piece, framed as one chunk of a chunked body."""
+        chunk = self._chunks[gzip]
+        if chunk is None:
+            data = self.piece if gzip else self.plain
+            chunk = b"%x\r\n%s\r\n" % (len(data), data)
+            self._chunks = (self._chunks[0], chunk) if gzip else (chunk, self._chunks[1])
+        return chunk
 
 
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no time
@@ -2009,17 +2021,25 @@ def retry_message(retry_ms: int, spread_ms: int, rand: Callable[[], float] = ran
 
 
 class Stream:
-    """One open stream: a bounded mailbox the fanout fills (a list and an Event: a tenth
-    of a gevent Queue's memory, emptied in one write), and the response body: `connected`,
-    then the full snapshot, or for a client resuming from `last_event_id` what it missed
-    (one merged bulk_update, or nothing if it is current), then changes and pings. The
-    WSGI server gets it as it is (`direct_passthrough`) and calls `close()` at the end."""
+    """One open stream: the response body, `connected`, then the full snapshot, or for a
+    client resuming from `last_event_id` what it missed (one merged bulk_update, or
+    nothing if it is current), then changes and pings. The WSGI server gets it as it is
+    (`direct_passthrough`) and calls `close()` at the end.
 
-    __slots__ = ("_crc", "_fanout", "_gzip", "_last_event_id", "_pending", "_ready", "_sent",
-                 "_socket", "_store", "_watcher", "closed", "slug")
+    A stream waiting for news, its socket's buffer empty of what it wrote, takes a
+    delivery by writing it to the socket there and then (the fanout's greenlet, one
+    `send` of bytes all its streams share): waking 10,000 greenlets to write one change
+    costs more than the writes. Otherwise the delivery waits in a bounded mailbox (a
+    list and an Event: a tenth of a gevent Queue's memory, emptied in one write), and so
+    does the rest of a write the socket did not take whole, for the stream's own
+    greenlet to write when the client reads again."""
+
+    __slots__ = ("_chunked", "_crc", "_fanout", "_gzip", "_held", "_last_event_id", "_parked",
+                 "_pending", "_ready", "_sent", "_socket", "_store", "_unsent", "_watcher",
+                 "closed", "slug", "written")
 
     def __init__(self, fanout: Fanout, store: Store, slug: str, sock: socket.socket | None,
-                 last_event_id: str | None = None, gzip: bool = False):
+                 last_event_id: str | None = None, gzip: bool = False, chunked: bool = True):
         self.slug = slug
         self.closed = False
         self._fanout = fanout
@@ -2027,14 +2047,23 @@ class Stream:
         self._pending: list[Delivery] = []
         self._ready = gevent.event.Event()
         self._socket = sock
+        self._chunked = chunked       # HTTP/1.1: the body goes as chunks
         self._watcher = None
         self._last_event_id = last_event_id
+        self._held: tuple[str, int] | None = None  # the (epoch, version) the client holds
+        self._parked = False          # waiting for news, everything written
+        self._unsent: memoryview | None = None
+        self.written = 0              # bytes this stream wrote itself, not the server
         self._gzip = gzip             # then what it sent so far: its CRC-32 and length
         self._crc = self._sent = 0
 
     def offer(self, delivery: Delivery) -> bool:
-        """Queue a delivery; False if the mailbox is full (the reader fell behind)."""
+        """Take a delivery; False if the mailbox is full (the reader fell behind)."""
         if self.closed:
+            return True
+        if self._parked and not self._pending and self._socket is not None:
+            for message in self._messages([delivery]):
+                self._write_now(message)
             return True
         if len(self._pending) >= STREAM_QUEUE_SIZE:
             return False
@@ -2042,11 +2071,47 @@ class Stream:
         self._ready.set()
         return True
 
+    def _write_now(self, message: Wire) -> None:
+        """Write one message from the fanout's greenlet, without waiting: what the socket
+        does not take is left for this stream's greenlet, woken for it."""
+        if self._gzip:
+            self._count_sent(message)
+            data = message.chunk(True) if self._chunked else message.piece
+        else:
+            data = message.chunk(False) if self._chunked else message.plain
+        try:
+            sent = self._socket.send(data, 0, timeout=0.0)
+        except BlockingIOError:
+            sent = 0
+        except OSError:               # the client is gone
+            self.end()
+            return
+        self.written += sent
+        if sent < len(data):
+            self._unsent = memoryview(data)[sent:]
+            self._parked = False
+            self._ready.set()
+
     def _take(self) -> list[Delivery] | None:
-        """Every delivery not yet taken, waiting for one; None once the stream must end."""
-        while not self._pending and not self.closed:
+        """Every delivery not yet taken, waiting for one (and writing what a write left
+        meanwhile); None once the stream must end."""
+        while not self.closed:
+            if self._unsent is not None:     # before anything that came meanwhile
+                unsent, self._unsent = self._unsent, None
+                try:
+                    self._socket.sendall(unsent)
+                except OSError:
+                    self.end()
+                    break
+                self.written += len(unsent)
+            if self._pending:
+                break
             self._ready.clear()
-            self._ready.wait()
+            self._parked = True
+            try:
+                self._ready.wait()
+            finally:
+                self._parked = False
         if self.closed:
             return None
         taken, self._pending = self._pending, []
@@ -2060,45 +2125,52 @@ class Stream:
         connected = self._encode([self._fanout.connected_message(self.slug, changes is not None)])
         yield GZIP_HEADER + connected if self._gzip else connected
         self._watch_disconnect()
-        sent = None                          # the (epoch, version) the client holds
         if snapshot is not None:
             if changes is None:              # written as it is: the bytes all streams share
                 yield self._encode([snapshot.event])
             elif resumed[1] != snapshot.version:
                 yield self._encode([Wire(_bulk_update(changes, snapshot.id))])
-            sent = (snapshot.epoch, snapshot.version)
+            self._held = (snapshot.epoch, snapshot.version)
         while (deliveries := self._take()) is not None:
-            chunks = []
-            for delivery in deliveries:
-                match delivery:
-                    case Ping(message):
-                        chunks.append(message)
-                    case Delta(snapshot, message, base) if sent == base:
-                        if message is not None:
-                            chunks.append(message)
-                        sent = (snapshot.epoch, snapshot.version)
-                    case Delta(snapshot) | Full(snapshot) if (
-                            sent is None or sent[0] != snapshot.epoch or snapshot.version > sent[1]):
-                        chunks.append(snapshot.event)
-                        sent = (snapshot.epoch, snapshot.version)
-            if chunks:
-                yield self._encode(chunks)
+            if messages := self._messages(deliveries):
+                yield self._encode(messages)
         if self._fanout.closing:             # shutting down: come back, but not all at once
             yield self._encode([self._fanout.sent_away()])
         if self._gzip:
             yield gzip_end(self._crc, self._sent)
 
+    def _messages(self, deliveries: list[Delivery]) -> list[Wire]:
+        """What the deliveries send to a client holding `_held`, which they move on."""
+        messages = []
+        for delivery in deliveries:
+            match delivery:
+                case Ping(message):
+                    messages.append(message)
+                case Delta(snapshot, message, base) if self._held == base:
+                    if message is not None:
+                        messages.append(message)
+                    self._held = (snapshot.epoch, snapshot.version)
+                case Delta(snapshot) | Full(snapshot) if (
+                        self._held is None or self._held[0] != snapshot.epoch
+                        or snapshot.version > self._held[1]):
+                    messages.append(snapshot.event)
+                    self._held = (snapshot.epoch, snapshot.version)
+        return messages
+
     def _encode(self, messages: list[Wire]) -> bytes:
-        """What goes on the wire: the messages as they are, or their shared deflate
+        """What the server writes: the messages as they are, or their shared deflate
         pieces (this stream only adds them to its CRC and length). One message is
         written as the object all its streams share, not a copy: the server keeps the
         last chunk it wrote while the stream waits, and a copy would cost every stream."""
         if not self._gzip:
             return b"".join([message.plain for message in messages])
         for message in messages:
-            self._crc = zlib.crc32(message.plain, self._crc)
-            self._sent += len(message.plain)
+            self._count_sent(message)
         return b"".join([message.piece for message in messages])
+
+    def _count_sent(self, message: Wire) -> None:
+        self._crc = zlib.crc32(message.plain, self._crc)
+        self._sent += len(message.plain)
 
     def _watch_disconnect(self) -> None:
         """End as soon as the client hangs up, not at the next failed write: an I/O
@@ -2386,7 +2458,9 @@ def stream_status(slug: str):
             # its statuses may pass one on its first connect. The header wins.
             last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
             stream = Stream(public.fanout, public.store, project.slug,
-                            _client_socket(request.environ), last_event_id, gzip_wanted)
+                            _client_socket(request.environ), last_event_id, gzip_wanted,
+                            chunked=request.environ.get("SERVER_PROTOCOL") != "HTTP/1.0")
+            request.environ[STREAM_ENVIRON_KEY] = stream  # for the access line's byte count
             public.fanout.subscribe(stream)
     except (DatabaseUnavailable, DatabaseBusy, StreamsFull):
         return come_back_later(public.config)
@@ -2637,6 +2711,9 @@ class ConnectionGuard:
                     self.environ = {"REQUEST_METHOD": "-", "RAW_URI": "-", "SERVER_PROTOCOL": "-",
                                     "REMOTE_ADDR": address[0] if isinstance(address, tuple) else "-"}
                     self.response_headers = self.response_headers or []
+                stream = self.environ.get(STREAM_ENVIRON_KEY)
+                if stream is not None:  # what it wrote itself, not through this handler
+                    self.response_length += stream.written
                 super().log_request()
 
         return GuardedHandler

@@ -358,11 +358,18 @@ class EventStream:
     """
 
     def __init__(self, port: int, path: str, headers: dict | None = None,
-                 version: str = "1.1", method: str = "GET", timeout: float = 5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+                 version: str = "1.1", method: str = "GET", timeout: float = 5.0,
+                 receive_buffer: int | None = None):
+        self.sock = socket.socket()
+        if receive_buffer:             # set before connecting: it bounds the TCP window
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
         lines = [f"{method} {path} HTTP/{version}", "Host: 127.0.0.1", "Accept: text/event-stream"]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.received = 0          # bytes on the wire, head and chunk framing included
+        self.transcript = ""       # the body as the client has it, de-chunked
         self._raw = b""
         self._body = b""
         self._text = ""
@@ -392,6 +399,7 @@ class EventStream:
         if not data:
             self.closed = True
             return False
+        self.received += len(data)
         self._raw += data
         return True
 
@@ -421,7 +429,9 @@ class EventStream:
         self.wire_bytes += len(self._body)
         if self._inflater is not None:
             self._body = self._inflater.decompress(self._body)
-        self._text += self._body.decode()
+        text = self._body.decode()
+        self._text += text
+        self.transcript += text
         self._body = b""
 
     def next(self, timeout: float = 5.0) -> Message | None:

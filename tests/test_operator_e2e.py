@@ -1,6 +1,7 @@
 """The operator's view: metrics that move as the service works, and JSON log lines."""
 
 import json
+import signal
 
 import pytest
 import requests
@@ -111,6 +112,32 @@ def test_with_json_logs_every_line_is_json_gunicorns_own_included(start_service,
     assert isinstance(access["bytes"], int) and access["bytes"] > 0
     assert isinstance(access["duration"], float) and access["duration"] < 5
     assert secret not in service.logs()
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+def test_a_streams_access_line_counts_every_byte_it_sent(start_service, pg, upstream, gzip):
+    """A waiting stream is written to by the fanout, not through the server: its access
+    line still counts every byte that went out, to the last chunk."""
+    service = start_service(LOG_FORMAT="json", SSE_PING_INTERVAL="30")
+    slug = pg.add_project(pg.unique_slug("bytes"), base_url=upstream.url, interval=0.1)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    events = EventStream(service.port, f"/api/public/{slug}/status/stream",
+                         headers={"Accept-Encoding": "gzip"} if gzip else None)
+    assert events.next_event("status_update") is not None
+    for status in ("held", "closed", "open"):
+        upstream.set_statuses(f"/{slug}", {"A1": status})
+        assert events.next_event("bulk_update", 3) is not None
+    service.process.send_signal(signal.SIGTERM)         # sent away: `retry:`, the last chunk
+    while events.next(5) is not None:
+        pass
+    assert events.closed and service.process.wait(10) == 0
+
+    def access_line():
+        entries = [json.loads(line) for line in service.logs().splitlines() if line.strip()]
+        return next((e for e in entries if e["logger"] == "gunicorn.access"
+                     and e.get("path", "").endswith("/stream")), None)
+    wait_for(lambda: access_line() is not None)
+    assert access_line()["bytes"] == events.received
 
 
 def test_several_workers_without_redis_are_told_once(start_service):

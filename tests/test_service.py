@@ -427,3 +427,61 @@ def test_a_miss_takes_what_another_worker_committed(upstream, request, clock):
         for store in stores:
             store.close()
         server.stop()
+
+
+# --------------------------------------------------------------------------- a stream's writes
+
+def test_a_waiting_stream_writes_what_it_is_given_in_order_whatever_the_socket_takes():
+    """A waiting stream is written to by the fanout, which never waits: a message the
+    socket takes in part leaves the rest to the stream, and what comes meanwhile waits
+    behind it, not beside it. The reading end gets every message whole, in order."""
+    import socket as stdlib_socket
+
+    import gevent.socket
+
+    from public_service import Fanout, Ping, Stream, Wire
+
+    ours, theirs = gevent.socket.socketpair()
+    ours.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, 4096)
+    theirs.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 4096)
+    config = Config.from_env({"DATABASE_URL": "unused"})
+    fanout = Fanout(config, Metrics(), poll=lambda slug: None)
+    stream = Stream(fanout, LocalStore(on_change=lambda *change: None), "writes", ours)
+
+    def serve():  # as the WSGI server does: each yielded piece as a chunk
+        for data in stream:
+            ours.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+
+    server = gevent.spawn(serve)
+    received = bytearray()
+
+    def read_until(size):
+        while len(received) < size:
+            received.extend(theirs.recv(1 << 16))
+
+    gevent.wait([gevent.spawn(read_until, 1)], timeout=5)  # `connected`: the stream waits
+    gevent.sleep(0.01)
+    messages = [Wire(b"data: %s\n\n" % (bytes([65 + i]) * 200_000)) for i in range(3)]
+    for message in messages:                               # one after another, no wait
+        assert stream.offer(Ping(message))
+    connected = fanout.connected_message("writes", False).plain
+    expected = connected + b"".join(message.plain for message in messages)
+    body = bytearray()
+
+    def read_body():  # every chunk whole: its size line, its bytes, its CRLF
+        while len(body) < len(expected):
+            while b"\r\n" not in received:
+                read_until(len(received) + 1)
+            start = received.index(b"\r\n") + 2
+            end = start + int(received[:start - 2], 16)
+            read_until(end + 2)
+            assert received[end:end + 2] == b"\r\n"
+            body.extend(received[start:end])
+            del received[:end + 2]
+
+    reader = gevent.spawn(read_body)
+    assert gevent.wait([reader], timeout=5) == [reader]
+    reader.get()
+    assert bytes(body) == expected
+    stream.end()
+    server.join(timeout=5)

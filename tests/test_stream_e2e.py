@@ -2,6 +2,7 @@
 database and a real client API on loopback; streams read over raw sockets."""
 
 import itertools
+import json
 import threading
 import time
 
@@ -63,6 +64,48 @@ def test_http_1_0_clients_get_a_stream_until_close(live, project):
     assert stream.headers["connection"] == "close"
     assert stream.next().event == "connected"
     assert stream.next().event == "status_update"
+    stream.close()
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+def test_http_1_0_clients_get_changes_unframed(live, pg, upstream, gzip):
+    """A change is written to a waiting stream as its body goes: no chunk framing when
+    the body ends with the connection."""
+    slug = pg.add_project(pg.unique_slug(), base_url=upstream.url, interval=0.05)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    stream = open_stream(live, slug, version="1.0", headers={"Accept-Encoding": "gzip"} if gzip else None)
+    assert stream.headers.get("content-encoding") == ("gzip" if gzip else None)
+    assert stream.next_event("status_update") is not None
+    for status, shown in (("held", "reserved"), ("closed", "sold")):
+        upstream.set_statuses(f"/{slug}", {"A1": status})
+        change = stream.next_event("bulk_update", 3)
+        assert change is not None and change.json() == {"updates": {"A1": shown}}
+    lines = stream.transcript.split("\n")
+    assert all(line.startswith(("event: ", "data: ", "id: ", "retry: ")) for line in lines if line)
+    stream.close()
+
+
+def test_a_reader_that_pauses_gets_every_change_whole_and_in_order(live, pg, upstream):
+    """Changes far bigger than the socket's buffers, to a reader that stops reading for a
+    while: each is written in part while the stream waits, the rest by the stream once
+    the reader reads again, and nothing is lost, doubled or cut into another."""
+    units = [f"unit-{i:05d}" for i in range(20_000)]
+    slug = pg.add_project(pg.unique_slug(), base_url=upstream.url, interval=0.05)
+    upstream.set(f"/{slug}", bodies=[json.dumps(dict.fromkeys(units, status)).encode()
+                                     for status in ("open", "closed")])
+    stream = open_stream(live, slug, receive_buffer=4096, timeout=10)
+    first = stream.next_event("status_update", 10)
+    time.sleep(1.0)                                   # about twenty changes meanwhile
+    epoch, version = parse_event_id(first.id)
+    shown = set(first.json()["statuses"].values())
+    for _ in range(25):
+        change = stream.next_event("bulk_update", 10)
+        assert change is not None and parse_event_id(change.id) == (epoch, version + 1)
+        updates = change.json()["updates"]
+        assert updates.keys() == set(units) and len(set(updates.values())) == 1
+        assert set(updates.values()) != shown
+        version, shown = version + 1, set(updates.values())
+    assert metric(live.url, "public_status_streams_dropped_total") == 0
     stream.close()
 
 

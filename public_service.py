@@ -2093,18 +2093,19 @@ class Stream:
             self._ready.set()
 
     def _take(self) -> list[Delivery] | None:
-        """Every delivery not yet taken, waiting for one (and writing what a write left
-        meanwhile); None once the stream must end."""
-        while not self.closed:
-            if self._unsent is not None:     # before anything that came meanwhile
+        """Every delivery not yet taken, waiting for one; None once the stream must end.
+        What a write left is written first, before anything that came meanwhile, and
+        before the stream's last words if it ends (on a hang-up, the write fails)."""
+        while True:
+            if self._unsent is not None:
                 unsent, self._unsent = self._unsent, None
                 try:
                     self._socket.sendall(unsent)
                 except OSError:
                     self.end()
-                    break
+                    return None
                 self.written += len(unsent)
-            if self._pending:
+            if self._pending or self.closed:
                 break
             self._ready.clear()
             self._parked = True

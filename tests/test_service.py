@@ -1,11 +1,16 @@
 """The snapshot cache, refresh rules and the poller, driven by a fake clock against a
 real client API on loopback (and, for the poller, the real database)."""
 
+from __future__ import annotations
+
 import logging
 import math
 import re
+import socket
+from dataclasses import dataclass
 
 import gevent
+import gevent.socket
 import pytest
 
 import public_service
@@ -13,16 +18,20 @@ from helpers import FakeClock, RedisServer
 from public_service import (
     Config,
     Database,
+    Fanout,
     Fetched,
     LocalStore,
     Metrics,
     NoSnapshot,
+    Ping,
     ProjectDirectory,
     RedisStore,
     RefreshLimited,
     SecretRedactor,
     StatusService,
+    Stream,
     UpstreamClient,
+    Wire,
     project_from_row,
 )
 
@@ -431,57 +440,81 @@ def test_a_miss_takes_what_another_worker_committed(upstream, request, clock):
 
 # --------------------------------------------------------------------------- a stream's writes
 
+@dataclass
+class ServedStream:
+    """A Stream on one end of a real socket pair, served as the WSGI server does (each
+    piece it yields written as a chunk) by a greenlet of its own, once it waits."""
+
+    stream: public_service.Stream
+    fanout: public_service.Fanout
+    theirs: socket.socket          # the client's end: 4 KB of window, like a slow phone
+    yielded: list                  # what the stream gave the server to write
+
+    @classmethod
+    def start(cls) -> ServedStream:
+        ours, theirs = gevent.socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        fanout = Fanout(Config.from_env({"DATABASE_URL": "unused"}), Metrics(), poll=lambda slug: None)
+        served = cls(Stream(fanout, LocalStore(on_change=lambda *change: None), "writes", ours),
+                     fanout, theirs, [])
+
+        def serve():
+            for data in served.stream:
+                served.yielded.append(data)
+                ours.sendall(Wire(data).chunk(False))
+            ours.shutdown(socket.SHUT_WR)
+
+        gevent.spawn(serve)
+        while not served.stream._parked:   # `connected` written: the stream waits
+            gevent.sleep(0.001)
+        return served
+
+    def body(self) -> bytes:
+        """Everything the client receives until the server is done, de-chunked; each
+        chunk must be whole (its size line, its bytes, its CRLF)."""
+        received = bytearray()
+        while data := self.theirs.recv(1 << 16):
+            received.extend(data)
+        body = bytearray()
+        while received:
+            start = received.index(b"\r\n") + 2
+            end = start + int(received[:start - 2], 16)
+            assert received[end:end + 2] == b"\r\n"
+            body.extend(received[start:end])
+            del received[:end + 2]
+        return bytes(body)
+
+
+def big_message(letter: bytes) -> Wire:
+    return Wire(b"data: %s\n\n" % (letter * 200_000))   # far more than the socket takes
+
+
 def test_a_waiting_stream_writes_what_it_is_given_in_order_whatever_the_socket_takes():
     """A waiting stream is written to by the fanout, which never waits: a message the
     socket takes in part leaves the rest to the stream, and what comes meanwhile waits
     behind it, not beside it. The reading end gets every message whole, in order."""
-    import socket as stdlib_socket
+    served = ServedStream.start()
+    messages = [big_message(letter) for letter in (b"A", b"B", b"C")]
+    for message in messages:                           # one after another, no wait
+        assert served.stream.offer(Ping(message))
+    reader = gevent.spawn(served.body)
+    with gevent.Timeout(5):                            # all written: it waits again
+        while served.stream._pending or not served.stream._parked:
+            gevent.sleep(0.001)
+    served.stream.end()
+    assert reader.get(timeout=5) == b"".join([served.yielded[0], *(m.plain for m in messages)])
 
-    import gevent.socket
 
-    from public_service import Fanout, Ping, Stream, Wire
-
-    ours, theirs = gevent.socket.socketpair()
-    ours.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, 4096)
-    theirs.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 4096)
-    config = Config.from_env({"DATABASE_URL": "unused"})
-    fanout = Fanout(config, Metrics(), poll=lambda slug: None)
-    stream = Stream(fanout, LocalStore(on_change=lambda *change: None), "writes", ours)
-
-    def serve():  # as the WSGI server does: each yielded piece as a chunk
-        for data in stream:
-            ours.sendall(b"%x\r\n%s\r\n" % (len(data), data))
-
-    server = gevent.spawn(serve)
-    received = bytearray()
-
-    def read_until(size):
-        while len(received) < size:
-            received.extend(theirs.recv(1 << 16))
-
-    gevent.wait([gevent.spawn(read_until, 1)], timeout=5)  # `connected`: the stream waits
-    gevent.sleep(0.01)
-    messages = [Wire(b"data: %s\n\n" % (bytes([65 + i]) * 200_000)) for i in range(3)]
-    for message in messages:                               # one after another, no wait
-        assert stream.offer(Ping(message))
-    connected = fanout.connected_message("writes", False).plain
-    expected = connected + b"".join(message.plain for message in messages)
-    body = bytearray()
-
-    def read_body():  # every chunk whole: its size line, its bytes, its CRLF
-        while len(body) < len(expected):
-            while b"\r\n" not in received:
-                read_until(len(received) + 1)
-            start = received.index(b"\r\n") + 2
-            end = start + int(received[:start - 2], 16)
-            read_until(end + 2)
-            assert received[end:end + 2] == b"\r\n"
-            body.extend(received[start:end])
-            del received[:end + 2]
-
-    reader = gevent.spawn(read_body)
-    assert gevent.wait([reader], timeout=5) == [reader]
-    reader.get()
-    assert bytes(body) == expected
-    stream.end()
-    server.join(timeout=5)
+def test_a_stream_ended_mid_write_finishes_that_write_before_its_last_words():
+    """Shutting down while a change is half written: the rest of it goes first, then
+    the `retry:` that spreads the reconnects."""
+    served = ServedStream.start()
+    message = big_message(b"x")
+    assert served.stream.offer(Ping(message))
+    served.fanout.closing = True
+    served.stream.end()         # as Fanout.close() does, before the stream's greenlet runs
+    body = served.body()
+    connected, last_words = served.yielded
+    assert last_words.startswith(b"retry: ")
+    assert body == connected + message.plain + last_words

@@ -1964,8 +1964,8 @@ class StatusService:
                     self._states[slug].poll_due_at = -math.inf  # fixed, say: try it now
                 settings = project
                 turn = self.store.poll_turn(slug)
-                if turn > 0:  # another worker polls it; ask again when its lease may lapse
-                    self._sleep(turn)
+                if turn > 0:  # another worker polls it; ask again when it may have let
+                    self._sleep(min(turn, project.poll_interval))  # go, or its lease lapsed
                     continue
                 age = self.store.read(slug)[1]
                 wait = max(self._states[slug].poll_due_at - self.clock(), project.poll_interval - age)

@@ -1,7 +1,8 @@
 """`make shapes` (and the second half of `make bench-full`): the shapes people deploy.
 
 1. Workers: the Procfile's command with 1 and with 2 workers on the machine's 2 cores,
-   without REDIS_URL and with it: warm GET requests/s (wrk), one change to 5,000
+   without REDIS_URL and with it: warm GET requests/s (wrk, on the two in turn, the
+   median of three rounds: the VM's speed drifts), one change to 5,000
    streams spread over the workers by the kernel (p99, delivered within 5 s), and the
    client API requests per poll interval.
 2. Instances on Redis: 2 instances of 1 worker, 2,500 streams on each, both on core 0
@@ -65,30 +66,50 @@ def service(name: str, env: dict, workers: int = 1, core: str = SERVER_CORE) -> 
 
 # --------------------------------------------------------------------------- phases
 
-def workers_phase(env: dict, workers: int, load: LoadGenerator, upstream_url: str,
-                  seconds: int) -> dict:
-    """One worker count in one mode: GETs, a change to 5,000 streams, polls per interval."""
-    server = service(f"{workers} worker(s)", env, workers, core=BOTH_CORES)
+def gets_in_turn(servers: dict[int, Server], seconds: int, rounds: int = 3) -> dict[int, dict]:
+    """Warm GETs on each server (by worker count) in turn, `rounds` times, and the
+    median round of each: whatever the VM's speed does meanwhile falls on all alike."""
+    for server in servers.values():
+        wrk(server.port, 1)                                    # every worker warm
+    runs = {workers: [] for workers in servers}
+    for _ in range(rounds):
+        for workers, server in servers.items():
+            runs[workers].append(wrk(server.port, seconds))
+    return {workers: {"get_rps": statistics.median(r["rps"] for r in results),
+                      "get_rounds": [r["rps"] for r in results],
+                      "get_non_2xx": sum(r["non_2xx"] for r in results)}
+            for workers, results in runs.items()}
+
+
+def streams_phase(server: Server, load: LoadGenerator, upstream_url: str) -> dict:
+    """One worker count in one mode: a change to 5,000 streams, polls per interval."""
     port = server.port
-    try:
-        wrk(port, 1)                                           # every worker warm
-        get = wrk(port, seconds)
-        opened = load("open", port=port, path="/api/public/bench-poll/status/stream", count=STREAMS,
-                      marker="status_update")
-        time.sleep(1)
-        changes = fanout(load, port, upstream_url, "bench-poll", changes=3, timeout=5)
-        before, started = served_counts(upstream_url).get("/bench-poll", 0), time.monotonic()
-        time.sleep(6)
-        per_interval = (served_counts(upstream_url).get("/bench-poll", 0) - before) / (
-            time.monotonic() - started)                        # its interval is 1 s
-        load("close_all")
-    finally:
-        server.stop()
-    return {"workers": workers, "get_rps": get["rps"], "get_non_2xx": get["non_2xx"],
-            "opened": opened["ready"], "open_errors": opened["errors"],
+    opened = load("open", port=port, path="/api/public/bench-poll/status/stream", count=STREAMS,
+                  marker="status_update")
+    time.sleep(1)
+    changes = fanout(load, port, upstream_url, "bench-poll", changes=3, timeout=5)
+    before, started = served_counts(upstream_url).get("/bench-poll", 0), time.monotonic()
+    time.sleep(6)
+    per_interval = (served_counts(upstream_url).get("/bench-poll", 0) - before) / (
+        time.monotonic() - started)                            # its interval is 1 s
+    load("close_all")
+    return {"opened": opened["ready"], "open_errors": opened["errors"],
             "fanout_p50_ms": changes["p50_ms"], "fanout_p99_ms": changes["p99_ms"],
             "delivered": changes["delivered"], "expected": changes["expected"],
             "upstream_per_interval": per_interval}
+
+
+def workers_phase(env: dict, load: LoadGenerator, upstream_url: str, seconds: int) -> list[dict]:
+    """1 and 2 workers in one mode, both started: GETs in turn, then each one's streams."""
+    servers = {workers: service(f"{workers} worker(s)", env, workers, core=BOTH_CORES)
+               for workers in (1, 2)}
+    try:
+        gets = gets_in_turn(servers, seconds)
+        return [{"workers": workers, **gets[workers], **streams_phase(server, load, upstream_url)}
+                for workers, server in servers.items()]
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
 def instances_phase(base_env: dict, redis_url: str, load: LoadGenerator, upstream_url: str) -> dict:
@@ -111,6 +132,7 @@ def instances_phase(base_env: dict, redis_url: str, load: LoadGenerator, upstrea
                  marker="status_update")
         results["redis"] = fanout(load, a.port, upstream_url)
         load("close_all")
+        time.sleep(1)              # B done with its 2,500 hang-ups: a warm, idle instance
         results["first_event_b"] = load("first_event", port=b.port, count=300, marker="status_update",
                                         path="/api/public/bench-get/status/stream")
     finally:
@@ -166,7 +188,7 @@ def report(results: dict) -> str:
     lines = [f"public-status deployment shapes, {results['date']}, {results['machine']}", "",
              "Workers (the Procfile's command, unpinned on both cores; wrk and the stream load "
              "on core 1):", "",
-             f"| workers | REDIS_URL | warm GET req/s | ratio to 1 worker | one change to {STREAMS:,} "
+             f"| workers | REDIS_URL | warm GET req/s (median of 3, in turn) | ratio to 1 worker | one change to {STREAMS:,} "
              "streams: p50 / p99 | delivered within 5 s | client API requests per interval |",
              "|---|---|---|---|---|---|---|"]
     for (workers, mode), r in sorted(shapes.items()):
@@ -238,9 +260,8 @@ def main() -> None:
                "machine": machine(), "workers": []}
     try:
         for mode, extra in (("no", {}), ("yes", {"REDIS_URL": redis_url})):
-            for workers in (1, 2):
-                subprocess.run(["redis-cli", "-u", redis_url, "FLUSHALL"], capture_output=True)
-                shape = workers_phase({**env, **extra}, workers, load, upstream_url, 10 if options.full else 5)
+            subprocess.run(["redis-cli", "-u", redis_url, "FLUSHALL"], capture_output=True)
+            for shape in workers_phase({**env, **extra}, load, upstream_url, 5 if options.full else 3):
                 results["workers"].append({"mode": mode, **shape})
         subprocess.run(["redis-cli", "-u", redis_url, "FLUSHALL"], capture_output=True)
         results["instances"] = instances_phase(env, redis_url, load, upstream_url)

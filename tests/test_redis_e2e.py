@@ -280,6 +280,29 @@ def test_no_credential_reaches_redis(two, pg, upstream, redis_server):
     assert all(b"Bearer" not in item and b"token" not in item for item in dump + published)
 
 
+def test_when_the_holders_viewers_leave_another_instance_polls_within_an_interval(
+        start_service, pg, upstream, redis_server):
+    """The lease lives 10 s, the project is polled every 0.2 s. Its holder's last viewer
+    leaves and it lets go; the other instance, which found the lease taken, must not
+    wait out the 10 s: its viewers get the next poll within an interval or so."""
+    env = {"REDIS_URL": redis_server.url, "POLL_LEASE_TTL": "10"}
+    a, b = start_service(**env), start_service(**env)
+    slug = pg.add_project(pg.unique_slug("letgo"), base_url=upstream.url, interval=0.2)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    on_a = stream(a, slug)
+    on_a.next_event("status_update")
+    wait_for(lambda: upstream.count(f"/{slug}") >= 3)   # a polls; a's lease is taken
+    on_b = stream(b, slug)                             # b finds it taken: it waits
+    on_b.next_event("status_update")
+    time.sleep(0.3)
+    on_a.close()                                        # a's last viewer leaves
+    left = time.monotonic()
+    wait_for(lambda: fetches(b) >= 1, timeout=5)
+    assert time.monotonic() - left < 1.0
+    upstream.set_statuses(f"/{slug}", {"A1": "held"})
+    assert on_b.next_event("bulk_update", 1) is not None
+
+
 def test_a_stopping_holder_gives_its_lease_back(two, pg, upstream, redis_server):
     a, b = two
     slug, *_open_streams = watched_on_both(two, pg, upstream, "handover", {"A1": "open"}, 0.2)

@@ -464,7 +464,7 @@ class Wire:
         self.plain = plain
         self._stored = stored
         self._piece: bytes | None = None
-        self._chunks: tuple[bytes | None, bytes | None] = (None, None)  # plain, piece
+        self._chunks: list[bytes | None] = [None, None]  # plain, piece
 
     @property
     def piece(self) -> bytes:
@@ -475,12 +475,10 @@ class Wire:
 
     def chunk(self, gzip: bool) -> bytes:
         """The plain bytes, or the piece, framed as one chunk of a chunked body."""
-        chunk = self._chunks[gzip]
-        if chunk is None:
+        if self._chunks[gzip] is None:
             data = self.piece if gzip else self.plain
-            chunk = b"%x\r\n%s\r\n" % (len(data), data)
-            self._chunks = (self._chunks[0], chunk) if gzip else (chunk, self._chunks[1])
-        return chunk
+            self._chunks[gzip] = b"%x\r\n%s\r\n" % (len(data), data)
+        return self._chunks[gzip]
 
 
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no time
@@ -2062,7 +2060,7 @@ class Stream:
         if self.closed:
             return True
         if self._parked and not self._pending and self._socket is not None:
-            for message in self._messages([delivery]):
+            if (message := self._step(delivery)) is not None:
                 self._write_now(message)
             return True
         if len(self._pending) >= STREAM_QUEUE_SIZE:
@@ -2076,9 +2074,10 @@ class Stream:
         does not take is left for this stream's greenlet, woken for it."""
         if self._gzip:
             self._count_sent(message)
-            data = message.chunk(True) if self._chunked else message.piece
+        if self._chunked:
+            data = message.chunk(self._gzip)
         else:
-            data = message.chunk(False) if self._chunked else message.plain
+            data = message.piece if self._gzip else message.plain
         try:
             sent = self._socket.send(data, 0, timeout=0.0)
         except BlockingIOError:
@@ -2141,22 +2140,23 @@ class Stream:
             yield gzip_end(self._crc, self._sent)
 
     def _messages(self, deliveries: list[Delivery]) -> list[Wire]:
-        """What the deliveries send to a client holding `_held`, which they move on."""
-        messages = []
-        for delivery in deliveries:
-            match delivery:
-                case Ping(message):
-                    messages.append(message)
-                case Delta(snapshot, message, base) if self._held == base:
-                    if message is not None:
-                        messages.append(message)
-                    self._held = (snapshot.epoch, snapshot.version)
-                case Delta(snapshot) | Full(snapshot) if (
-                        self._held is None or self._held[0] != snapshot.epoch
-                        or snapshot.version > self._held[1]):
-                    messages.append(snapshot.event)
-                    self._held = (snapshot.epoch, snapshot.version)
-        return messages
+        return [message for delivery in deliveries if (message := self._step(delivery)) is not None]
+
+    def _step(self, delivery: Delivery) -> Wire | None:
+        """What a delivery sends to a client holding `_held`, which it moves on; None if
+        nothing."""
+        match delivery:
+            case Ping(message):
+                return message
+            case Delta(snapshot, message, base) if self._held == base:
+                self._held = (snapshot.epoch, snapshot.version)
+                return message
+            case Delta(snapshot) | Full(snapshot) if (
+                    self._held is None or self._held[0] != snapshot.epoch
+                    or snapshot.version > self._held[1]):
+                self._held = (snapshot.epoch, snapshot.version)
+                return snapshot.event
+        return None
 
     def _encode(self, messages: list[Wire]) -> bytes:
         """What the server writes: the messages as they are, or their shared deflate
@@ -2453,6 +2453,8 @@ def stream_status(slug: str):
         if project.config_error and public.store.read(slug)[0] is None:
             raise StreamsFull()  # nothing to show until its config is fixed: come back
         gzip_wanted = _gzip_wanted()
+        # An HTTP/1.0 body ends when the connection does: no chunks, no keep-alive.
+        http_1_0 = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.0"
         stream: Any = iter(())   # a HEAD asks whether a stream would open, and opens none
         if request.method != "HEAD":
             # EventSource sends the last id it saw when it reconnects; a page that kept
@@ -2460,7 +2462,7 @@ def stream_status(slug: str):
             last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
             stream = Stream(public.fanout, public.store, project.slug,
                             _client_socket(request.environ), last_event_id, gzip_wanted,
-                            chunked=request.environ.get("SERVER_PROTOCOL") != "HTTP/1.0")
+                            chunked=not http_1_0)
             request.environ[STREAM_ENVIRON_KEY] = stream  # for the access line's byte count
             public.fanout.subscribe(stream)
     except (DatabaseUnavailable, DatabaseBusy, StreamsFull):
@@ -2470,8 +2472,7 @@ def stream_status(slug: str):
         response.headers.extend(GZIP_HEADERS)
     elif public.config.compression:
         response.headers["Vary"] = "Accept-Encoding"
-    # The SPEC's keep-alive; an HTTP/1.0 body ends when the connection does.
-    http_1_0 = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.0"
+    # The SPEC's keep-alive, but for HTTP/1.0.
     response.headers["Connection"] = "close" if http_1_0 else "keep-alive"
     response.headers["X-Accel-Buffering"] = "no"
     return response

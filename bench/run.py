@@ -178,6 +178,11 @@ def served_counts(upstream_url: str) -> dict[str, int]:
     return json.loads(http("GET", f"{upstream_url}/_count"))
 
 
+def served(upstream_url: str, path: str) -> int:
+    """Requests the client API served on one path."""
+    return served_counts(upstream_url).get(path, 0)
+
+
 def machine() -> str:
     return (f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
             f"Python {platform.python_version()}")
@@ -387,10 +392,10 @@ def main() -> None:
         load("open", port=ours.port, path="/api/public/bench-poll/status/stream", count=1000,
              marker="status_update")
         seconds = 10
-        before = served_counts(upstream_url).get("/bench-poll", 0)
+        before = served(upstream_url, "/bench-poll")
         time.sleep(seconds)
         results["polling"] = {"seconds": seconds, "expected": seconds,
-                              "requests": served_counts(upstream_url).get("/bench-poll", 0) - before}
+                              "requests": served(upstream_url, "/bench-poll") - before}
         load("close_all")
         ours.stop()
 

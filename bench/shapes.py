@@ -42,7 +42,7 @@ from bench.run import (
     procfile_args,
     raise_open_files_limit,
     save_results,
-    served_counts,
+    served,
     start_client_api,
     wrk,
 )
@@ -88,9 +88,9 @@ def streams_phase(server: Server, load: LoadGenerator, upstream_url: str) -> dic
                   marker="status_update")
     time.sleep(1)
     changes = fanout(load, port, upstream_url, "bench-poll", changes=3, timeout=5)
-    before, started = served_counts(upstream_url).get("/bench-poll", 0), time.monotonic()
+    before, started = served(upstream_url, "/bench-poll"), time.monotonic()
     time.sleep(6)
-    per_interval = (served_counts(upstream_url).get("/bench-poll", 0) - before) / (
+    per_interval = (served(upstream_url, "/bench-poll") - before) / (
         time.monotonic() - started)                            # its interval is 1 s
     load("close_all")
     return {"opened": opened["ready"], "open_errors": opened["errors"],
@@ -163,7 +163,7 @@ def launch_phase(env: dict, load: LoadGenerator, upstream_url: str, upstream_por
                                     "MAX_STREAMS": "20000"})
     try:
         baseline_mb = server.rss_kb() / 1024
-        cpu_before, before = server.cpu_seconds(), served_counts(upstream_url).get("/launch", 0)
+        cpu_before, before = server.cpu_seconds(), served(upstream_url, "/launch")
         called = time.monotonic()
         result = load("launch", port=server.port, path="/api/public/launch/status/stream",
                       count=LAUNCH["streams"], seconds=seconds,
@@ -174,7 +174,7 @@ def launch_phase(env: dict, load: LoadGenerator, upstream_url: str, upstream_por
         result["watched_seconds"] = time.monotonic() - called     # streams open, polls going
         result["cpu_seconds"] = server.cpu_seconds() - cpu_before
         result["rss_mb"], result["baseline_mb"] = server.rss_kb() / 1024, baseline_mb
-        result["upstream_requests"] = served_counts(upstream_url).get("/launch", 0) - before
+        result["upstream_requests"] = served(upstream_url, "/launch") - before
     finally:
         server.stop()
     result["seconds"] = seconds

@@ -521,15 +521,23 @@ def metric(service_url: str, name: str, labels: str = "") -> float:
 # --------------------------------------------------------------------------- a real proxy
 
 
-def readme_nginx_snippet() -> str:
-    """The nginx configuration of the README, as it is written there."""
-    text = (ROOT / "README.md").read_text()
-    return re.search(r"```nginx\n(.*?)```", text, re.S).group(1)
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+
+
+def nginx_conf(service_port: int, listen_port: int) -> str:
+    """deploy/nginx.conf (its `upstream` and `server` blocks) with only its two ports
+    changed: to the service's, and to the one nginx listens on."""
+    conf = NGINX_CONF.read_text()
+    for placeholder in ("server 127.0.0.1:8000;", "listen 80;"):
+        if conf.count(placeholder) != 1:
+            raise AssertionError(f"{NGINX_CONF} no longer holds `{placeholder}` once")
+    return (conf.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{service_port};")
+                .replace("listen 80;", f"listen 127.0.0.1:{listen_port};"))
 
 
 class Nginx:
     """Debian's nginx on a free loopback port, in front of a service port, configured
-    with the README's snippet (only its two ports changed). `stop()` and `start()`."""
+    with deploy/nginx.conf (only its two ports changed). `stop()` and `start()`."""
 
     def __init__(self, service_port: int):
         import tempfile
@@ -537,9 +545,7 @@ class Nginx:
         self.home = Path(tempfile.mkdtemp(prefix="nginx-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        snippet = (readme_nginx_snippet()
-                   .replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{service_port};")
-                   .replace("listen 80;", f"listen 127.0.0.1:{self.port};"))
+        snippet = nginx_conf(service_port, self.port)
         temp = " ".join(f"{kind}_temp_path {self.home}/{kind};"
                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         user = "user root;" if os.geteuid() == 0 else ""

@@ -101,7 +101,7 @@ def tile_is(browser, unit, status, timeout=10):
 
 @pytest.fixture
 def behind_nginx(start_service, browser, building):
-    """The board of `building`, live, through nginx (the README's configuration)."""
+    """The board of `building`, live, through nginx (deploy/nginx.conf)."""
     slug, _ = building
     service = start_service()
     proxy = Nginx(service.port)

@@ -56,7 +56,7 @@ lint: $(VENV)/.dev
 	$(PYTHON) -m ruff check .
 
 # Plant small bugs in the pure core and the cache's rules, one at a time, and report
-# those the in-process tests let through (see README, Tests). About 30 minutes.
+# those the in-process tests let through (see docs/tests.md). About 30 minutes.
 mutate: $(VENV)/.dev
 	scripts/ensure-services.sh
 	$(PYTHON) scripts/mutate.py

@@ -9,7 +9,7 @@ dropped, a returned value replaced by None. Each mutant runs the in-process suit
 copy of the project (two at a time on two cores); a test failure, an error or a
 timeout kills it. Survivors are printed with where they are and what changed: each is
 a bug the tests would let through, or a change that makes no difference (say which in
-the README).
+docs/tests.md).
 
     python scripts/mutate.py            # all mutants (about 15 minutes on 2 cores)
     python scripts/mutate.py --limit 40 # a sample, spread over the targets

@@ -1,7 +1,7 @@
 """The Dockerfile: clean under hadolint, and its image built and run by a real engine.
 
 No image registry is reachable here and podman cannot start a container (its OCI runtime
-is refused the rlimits it sets: README, Deploying), but buildah builds and runs images
+is refused the rlimits it sets: docs/deploying.md), but buildah builds and runs images
 with `--isolation chroot`, which needs no OCI runtime. The base image cannot be pulled,
 so unless the machine holds it, `scripts/stand-in-base.sh` makes one from Debian's own
 Python 3.11 (`buildah bud --from` puts it in the FROM line's place). Everything else is

@@ -34,7 +34,7 @@ MODULE = ROOT / "public_service.py"
 TESTS = ["tests/test_pure.py", "tests/test_properties.py", "tests/test_service.py",
          "tests/test_http.py", "tests/test_logging.py", "tests/test_upstream_client.py",
          "tests/test_database.py"]
-COPIED = ["tests", "schema.sql", "board.html", "public-status.js", "pyproject.toml"]
+COPIED = ["tests", "support.py", "schema.sql", "board.html", "public-status.js", "pyproject.toml"]
 TIMEOUT = 120
 
 # Functions (qualified names) and module-level tables whose mutants are judged.

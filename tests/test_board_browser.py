@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from browser import Browser
-from helpers import Nginx
+from support import Nginx
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 import requests
 
-from helpers import ROOT, free_port, wait_for
+from support import ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import ROOT, free_port, wait_for
+from support import ROOT, free_port, wait_for
 
 HADOLINT = Path(sys.executable).parent / "hadolint"
 BASE = "python:3.11-slim-bookworm"      # the Dockerfile's FROM
@@ -61,6 +61,7 @@ def image():
     buildah("rmi", name)
 
 
+@pytest.mark.e2e
 def test_the_image_runs_the_procfile_as_an_unprivileged_user_with_a_healthcheck(image):
     _, config = image
     uid, _, gid = config["User"].partition(":")

@@ -13,7 +13,7 @@ import pytest
 import redis
 import requests
 
-from helpers import EventStream, RedisServer, metric, wait_for
+from support import EventStream, RedisServer, metric, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -31,9 +31,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "public_service.py"
-TESTS = ["tests/test_pure.py", "tests/test_properties.py", "tests/test_service.py",
-         "tests/test_http.py", "tests/test_logging.py", "tests/test_upstream_client.py",
-         "tests/test_database.py"]
+TESTS = ["tests/test_normalization.py", "tests/test_documents.py", "tests/test_sse_encoding.py",
+         "tests/test_resume.py", "tests/test_backoff.py", "tests/test_urls_and_auth.py",
+         "tests/test_project_rows.py", "tests/test_config.py", "tests/test_compression.py",
+         "tests/test_properties.py", "tests/test_service.py", "tests/test_http.py",
+         "tests/test_logging.py", "tests/test_upstream_client.py", "tests/test_database.py"]
 COPIED = ["tests", "support.py", "schema.sql", "board.html", "public-status.js", "pyproject.toml"]
 TIMEOUT = 120
 

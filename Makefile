@@ -28,7 +28,11 @@ test: $(VENV)/.dev
 	scripts/ensure-tool.sh debootstrap
 	$(PYTHON) -m pytest
 
+# The in-process tests alone: no gunicorn, no browser. They still read the real
+# PostgreSQL, and one runs a redis-server of its own, so both are made ready first.
 test-fast: $(VENV)/.dev
+	scripts/ensure-services.sh
+	scripts/ensure-tool.sh redis-server
 	$(PYTHON) -m pytest -m "not e2e and not browser"
 
 bench bench-full: $(VENV)/.dev
@@ -59,6 +63,7 @@ lint: $(VENV)/.dev
 # those the in-process tests let through (see docs/tests.md). About 30 minutes.
 mutate: $(VENV)/.dev
 	scripts/ensure-services.sh
+	scripts/ensure-tool.sh redis-server
 	$(PYTHON) scripts/mutate.py
 
 $(PYTHON):

@@ -160,18 +160,19 @@
       tile.tabIndex = -1;
       tile.dataset.unit = unit;
       tile.dataset.floor = floor;
-      tile.append(unseen("Unit "), unit, unseen(""));
+      tile.textContent = unit;
       this.restate(tile, status);
       this.tiles.set(unit, tile);
       return tile;
     }
 
-    /** A tile's status: its data-status (colour and mark) and the end of its name. */
+    /** A tile's status: its data-status (colour and mark) and its name. */
     restate(tile, status) {
       tile.dataset.status = status;
       const { unit, floor } = tile.dataset;
-      tile.lastChild.textContent = `${floor ? `, floor ${floor}` : ""}: ${status}`;
-      tile.title = `Unit ${unit}${floor ? `, floor ${floor}` : ""}: ${status}`;
+      const name = `Unit ${unit}${floor ? `, floor ${floor}` : ""}: ${status}`;
+      tile.setAttribute("aria-label", name);
+      tile.title = name;
     }
 
     highlight(tile) {

@@ -60,7 +60,7 @@ def wait_tile(browser, unit: str, status: str, slug: str | None = None, timeout:
 
 
 def settle(browser) -> None:
-    """Wait until no highlight or colour transition runs (colours read mid-way are neither)."""
+    """Wait until no highlight runs (axe reads the colours as they are at that moment)."""
     browser.wait_for("document.getAnimations().length === 0", timeout=5)
 
 

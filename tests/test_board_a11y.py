@@ -167,7 +167,7 @@ def test_the_highlight_keeps_still_for_those_who_ask(start_service, browser, bui
 
     upstream.set_statuses(f"/{slug}", {**statuses, "101": "held"})
     moving, _ = json.loads(browser.wait_for(highlighted))
-    assert moving >= 1                                   # a ring that fades, a colour that eases
+    assert moving >= 1                                   # a ring that fades
 
     settle(browser)
     set_media(browser, prefers_reduced_motion="reduce")

@@ -342,6 +342,7 @@
   const page = new Page(slugs);
 
   function start() {
+    page.boards.forEach((board) => board.setState("connecting"));
     const lives = page.boards.map((board) => new PublicStatus(board.slug, {
       api: api.origin,
       onupdate: (statuses, changed, full) => board.update(statuses, changed, full),

@@ -94,7 +94,8 @@ def test_several_projects_each_under_its_name(start_service, browser, pg, upstre
     ]
     note = browser.evaluate(f"{in_section('no-such-project', '.note')}.textContent")
     assert "no-such-project" in note and "no such project" in note
-    assert browser.evaluate(f"{in_section('no-such-project', '[role=grid]')}.hidden")
+    for part in ("[role=grid]", ".legend"):                 # its empty grid and legend not shown
+        assert browser.evaluate(f"getComputedStyle({in_section('no-such-project', part)}).display") == "none"
     assert browser.evaluate(f"{in_section(tower, '.note')}.hidden")
     assert tower in browser.evaluate("document.title") and low in browser.evaluate("document.title")
     assert json.loads(browser.evaluate("JSON.stringify(Object.keys(window.board.projects))")) == [

@@ -6,10 +6,11 @@ nothing else.
 Without it, it builds a small world to look at first:
 - a database: the machine's own PostgreSQL if one answers at 127.0.0.1:5432 as
   `postgres`, else an embedded one (the `pgserver` package, data under `.data/`);
-- the two tables, a demo project and a role that may only SELECT them;
-- a simulated client API on loopback, behind a bearer token, speaking its own status
-  vocabulary ("Vacant", "On Hold", ...) that the project's status mapping translates,
-  and changing a few units every few seconds;
+- the two tables, two demo projects of different sizes (so that the board shows one,
+  or both: `/?project=harbour-view,marina-point`) and a role that may only SELECT them;
+- a simulated client API per project on loopback, each behind its own bearer token,
+  speaking its own status vocabulary ("Vacant", "On Hold", ...) that the project's
+  status mapping translates, and changing a few units every few seconds;
 - then the real service, with the real Procfile command, as that read-only role.
 
 None of this is part of the service: it only writes rows the admin service would.
@@ -29,6 +30,7 @@ import threading
 import time
 import urllib.request
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from support import MACHINE_POSTGRES, Database, Upstream, gunicorn_command
@@ -36,9 +38,21 @@ from support import MACHINE_POSTGRES, Database, Upstream, gunicorn_command
 ROOT = Path(__file__).resolve().parent
 DEMO_DB = os.environ.get("DEMO_DATABASE", "public_status_demo")   # other names: for tests
 DEMO_ROLE = os.environ.get("DEMO_ROLE", "public_status_demo_reader")
-DEMO_SLUG = "harbour-view"
-FLOORS, UNITS_PER_FLOOR = 15, 16
 CHANGE_EVERY = 3.0  # seconds between simulated sales
+
+
+@dataclass(frozen=True)
+class DemoProject:
+    slug: str
+    name: str
+    floors: int
+    units_per_floor: int
+    seed: int            # the same first statuses on every run
+
+
+# A tower, and a low-rise on the water beside it: one board shows both.
+PROJECTS = (DemoProject("harbour-view", "Harbour View", 15, 16, 7),
+            DemoProject("marina-point", "Marina Point", 6, 8, 11))
 
 # The client's own words for the five statuses: the project's status_mapping.
 CLIENT_VALUES = {
@@ -87,14 +101,17 @@ def embedded_postgres() -> tuple[str, object]:
     return server.get_uri("postgres"), server
 
 
-def prepare_database(admin_url: str, api_url: str, token: str) -> str:
+def prepare_database(admin_url: str, apis: list[SimulatedClientAPI]) -> str:
     """Create (or reuse) the demo database and its read-only role, and put the demo
-    project in it afresh; return the URL the service connects with."""
+    projects in it afresh (one per simulated client API); return the URL the service
+    connects with."""
     database = Database.create(admin_url, DEMO_DB, DEMO_ROLE, fresh=False)
-    database.remove_project(DEMO_SLUG)
-    database.add_project(DEMO_SLUG, name="Harbour View", base_url=api_url, endpoint="/v1/units",
-                         auth_type="bearer", credentials={"token": token}, timeout=5,
-                         mapping=CLIENT_VALUES, interval=2)
+    for api in apis:
+        database.remove_project(api.project.slug)
+        database.add_project(api.project.slug, name=api.project.name, base_url=api.url,
+                             endpoint="/v1/units", auth_type="bearer",
+                             credentials={"token": api.token}, timeout=5, mapping=CLIENT_VALUES,
+                             interval=2)
     database.close()
     return database.reader_url
 
@@ -102,20 +119,22 @@ def prepare_database(admin_url: str, api_url: str, token: str) -> str:
 # --------------------------------------------------------------------------- client API
 
 class SimulatedClientAPI:
-    """The demo project's own API: `GET /v1/units` behind a bearer token, answering
-    `{"data": [{"unit_number": ..., "state": ..., "floor": ...}, ...]}`; a few units move
-    along every few seconds. Served by the tests' client API (support.Upstream)."""
+    """A demo project's own API: `GET /v1/units` behind a bearer token of its own,
+    answering `{"data": [{"unit_number": ..., "state": ..., "floor": ...}, ...]}`; a few
+    units move along every few seconds. Served by the tests' client API (support.Upstream)."""
 
-    def __init__(self, token: str):
-        rng = random.Random(7)
+    def __init__(self, project: DemoProject):
+        self.project = project
+        self.token = secrets.token_urlsafe(24)
+        rng = random.Random(project.seed)
         self.states = {}
-        for floor in range(1, FLOORS + 1):
-            for unit in range(1, UNITS_PER_FLOOR + 1):
-                top = floor > FLOORS - 2
+        for floor in range(1, project.floors + 1):
+            for unit in range(1, project.units_per_floor + 1):
+                top = floor > project.floors - 2
                 status = "unreleased" if top else rng.choices(
                     ["available", "reserved", "sold", "hidden"], [55, 15, 28, 2])[0]
                 self.states[f"{floor}{unit:02d}"] = rng.choice(CLIENT_VALUES[status])
-        self.authorization = f"Bearer {token}"
+        self.authorization = f"Bearer {self.token}"
         self.server = Upstream(keep_requests=False)
         self.url = self.server.url
         self._publish()
@@ -133,15 +152,17 @@ class SimulatedClientAPI:
         """Every few seconds a few units move along: vacant -> on hold -> signed."""
         step = {"Vacant": "On Hold", "Open Listing": "Deposit Taken", "On Hold": "Contract Signed",
                 "Deposit Taken": "Contract Signed", "Contract Signed": "Settled"}
+        rng = random.Random()
+        most = max(2, len(self.states) // 40)   # a tower sells faster than a low-rise
         while True:
             time.sleep(CHANGE_EVERY)
             movable = [u for u, s in self.states.items() if s in step]
-            for unit in random.sample(movable, min(len(movable), random.randint(2, 6))):
+            for unit in rng.sample(movable, min(len(movable), rng.randint(1, most))):
                 self.states[unit] = step[self.states[unit]]
-            if random.random() < 0.3:  # and now and then a sale falls through
+            if rng.random() < 0.3:  # and now and then a sale falls through
                 signed = [u for u, s in self.states.items() if s == "Contract Signed"]
                 if signed:
-                    self.states[random.choice(signed)] = "Vacant"
+                    self.states[rng.choice(signed)] = "Vacant"
             self._publish()
 
 
@@ -203,11 +224,12 @@ def main() -> None:
         admin_url, embedded = embedded_postgres()
         log(f"using an embedded PostgreSQL under {ROOT / '.data'}")
 
-    token = secrets.token_urlsafe(24)
-    api = SimulatedClientAPI(token)
-    api.start()
-    database_url = prepare_database(admin_url, api.url, token)
-    log(f"demo project '{DEMO_SLUG}': {len(api.states)} units, client API at {api.url}")
+    apis = [SimulatedClientAPI(project) for project in PROJECTS]
+    for api in apis:
+        api.start()
+    database_url = prepare_database(admin_url, apis)
+    for api in apis:
+        log(f"demo project '{api.project.slug}': {len(api.states)} units, client API at {api.url}")
     log(f"DATABASE_URL={database_url} (a passwordless role that may only SELECT; "
         "`make demo-clean` removes it and the database)")
 
@@ -218,10 +240,13 @@ def main() -> None:
         signal.signal(sig, lambda *_: stop.set())
     try:
         wait_healthy(port, service)
+        first, both = PROJECTS[0].slug, ",".join(project.slug for project in PROJECTS)
         print(f"""
-  The live status board:   http://localhost:{port}/?project={DEMO_SLUG}
-  The stream:              curl -N http://localhost:{port}/api/public/{DEMO_SLUG}/status/stream
-  The statuses:            curl -s http://localhost:{port}/api/public/{DEMO_SLUG}/status
+  The live status board:   http://localhost:{port}/?project={first}
+  Both projects on one:    http://localhost:{port}/?project={both}
+  The stream:              curl -N http://localhost:{port}/api/public/{first}/status/stream
+  Both, on one stream:     curl -N 'http://localhost:{port}/api/public/status/stream?projects={both}'
+  The statuses:            curl -s http://localhost:{port}/api/public/{first}/status
   Metrics:                 curl -s http://localhost:{port}/metrics
 
   Units change every {CHANGE_EVERY:g} s. Ctrl-C stops everything.

@@ -26,6 +26,7 @@ test: $(VENV)/.dev
 	scripts/ensure-tool.sh redis-server
 	scripts/ensure-tool.sh buildah
 	scripts/ensure-tool.sh debootstrap
+	scripts/ensure-tool.sh promtool prometheus
 	$(PYTHON) -m pytest
 
 # The in-process tests alone: no gunicorn, no browser. They still read the real

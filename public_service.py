@@ -1808,13 +1808,12 @@ class StatusService:
     def _fetch_or_stale(self, project: Project, snapshot: Snapshot | None) -> Snapshot:
         """A miss: fetch, unless a failure moments ago says not yet; on failure the stale
         snapshot, or NoSnapshot when there is none."""
-        state = self._states[project.slug]
-        if project.slug not in self._fetches and self.clock() < state.retry_at:
-            return self._stale(snapshot, state.retry_at - self.clock())
+        if project.slug not in self._fetches and self.clock() < self._states[project.slug].retry_at:
+            return self._stale(project, snapshot)
         try:
             fetched = self._fetch_once(project)
-        except UpstreamError as exc:
-            return self._stale(snapshot, self._retry_in(state, exc))
+        except UpstreamError:
+            return self._stale(project, snapshot)
         self.metrics.cache.labels("miss").inc()
         return fetched
 
@@ -1823,11 +1822,10 @@ class StatusService:
         project is under way (a poll, a miss, another refresh) joins it: that costs the
         client API nothing, so it is not counted against REFRESH_MIN_INTERVAL. While the
         client API holds us back (Retry-After), it answers as a failed refresh does."""
-        state = self._states[project.slug]
         if project.slug not in self._fetches:
-            if (held := self.store.held_for(project.slug)) > 0:
+            if self.store.held_for(project.slug) > 0:
                 self.metrics.upstream_deferred.inc()
-                return self._stale(self.store.read(project.slug)[0], held)
+                return self._stale(project, self.store.read(project.slug)[0])
             wait = self.store.claim_refresh(project.slug, self.config.refresh_min_interval,
                                             project.timeout)
             if wait > 0:
@@ -1835,16 +1833,15 @@ class StatusService:
                 raise RefreshLimited(wait)
         try:
             return self._fetch_once(project)
-        except UpstreamError as exc:
-            return self._stale(self.store.read(project.slug)[0], self._retry_in(state, exc))
+        except UpstreamError:
+            return self._stale(project, self.store.read(project.slug)[0])
 
-    def _retry_in(self, state: _FetchState, error: UpstreamError) -> float:
-        """When a GET that found no snapshot may ask again."""
-        return max(error.retry_after or 0.0, state.retry_at - self.clock(), 1.0)
-
-    def _stale(self, snapshot: Snapshot | None, retry_in: float) -> Snapshot:
+    def _stale(self, project: Project, snapshot: Snapshot | None) -> Snapshot:
+        """The stale snapshot; with none, NoSnapshot saying when asking again may help:
+        after the backoff, and never before the client API's Retry-After."""
         if snapshot is None:
-            raise NoSnapshot(max(retry_in, 1.0))
+            retry_at = self._states[project.slug].retry_at
+            raise NoSnapshot(max(retry_at - self.clock(), self.store.held_for(project.slug), 1.0))
         self.metrics.cache.labels("stale").inc()
         return snapshot
 

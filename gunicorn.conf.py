@@ -22,8 +22,11 @@ def post_worker_init(worker):
     worker class keeps its own handler (and the streams a greenlet each)."""
     from gunicorn.workers.ggevent import GeventWorker  # in the worker: gevent is patched in
 
+    extensions = getattr(worker.wsgi, "extensions", {})   # another app (the bench's floor): its own
+    if "public_status" not in extensions:
+        return
     if isinstance(worker, GeventWorker) and worker.server_class is None:
-        worker.wsgi.extensions["public_status"].edge.serve_for(worker)
+        extensions["public_status"].edge.serve_for(worker)
     else:
         worker.log.warning("worker class %s: the service's edge needs --worker-class gevent",
                            type(worker).__name__)

@@ -676,23 +676,33 @@ def gzip_end(crc: int, size: int) -> bytes:
     return b"\x03\x00" + struct.pack("<II", crc, size & 0xFFFFFFFF)
 
 
-_GZIP_CODING = re.compile(r"(?:^|,)[ \t]*(gzip|x-gzip|\*)[ \t]*((?:;[^,]*)?)(?=,|$)", re.I)
-_Q_PARAM = re.compile(r";[ \t]*q[ \t]*=[ \t]*([0-9.]*)", re.I)
+_Q_PARAM = re.compile(r";[ \t]*q[ \t]*=[ \t]*([0-9.]*)")
+GZIP_CODINGS_LOOKED_AT = 64       # codings named gzip or * weighed, at most: a head may hold thousands
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:
     """Whether an Accept-Encoding header allows gzip (`gzip` or `*`, with a q above 0).
-    Only the codings that matter are looked at, by one regex pass: a head may hold
-    hundreds of kilobytes of other tokens."""
+    Only the codings that matter are looked at, found by the string's own search: a head
+    may hold hundreds of kilobytes of other tokens, which are never split or weighed."""
+    value = (accept_encoding or "").lower()
     q_of: dict[str, float] = {}
-    for coding in _GZIP_CODING.finditer(accept_encoding or ""):
-        q = _Q_PARAM.search(coding.group(2))
-        try:
-            value = float(q.group(1)) if q else 1.0
-        except ValueError:
-            value = 0.0
-        name = coding.group(1).lower()
-        q_of[name] = max(q_of.get(name, 0.0), value)
+    for name in ("gzip", "*"):
+        start = value.find(name)
+        for _ in range(GZIP_CODINGS_LOOKED_AT):
+            if start < 0:
+                break
+            end = value.find(",", start)
+            end = len(value) if end < 0 else end
+            coding, _, params = value[value.rfind(",", 0, start) + 1:end].partition(";")
+            coding = coding.strip(" \t")
+            if coding in ("gzip", "x-gzip", "*"):
+                q = _Q_PARAM.search(";" + params) if params else None
+                try:
+                    weight = float(q.group(1)) if q else 1.0
+                except ValueError:
+                    weight = 0.0
+                q_of[coding] = max(q_of.get(coding, 0.0), weight)
+            start = value.find(name, end)
     if "gzip" in q_of or "x-gzip" in q_of:
         return max(q_of.get("gzip", 0.0), q_of.get("x-gzip", 0.0)) > 0
     return q_of.get("*", 0.0) > 0
@@ -2482,18 +2492,28 @@ def project_tag(slug: str) -> str:
 
 
 def mux_event_id(held: Mapping[str, Position | None]) -> str:
-    """The id of a multiplexed stream's message: every project's position, by tag."""
-    return ".".join(f"{project_tag(slug)}-{position}" for slug, position in held.items()
-                    if position is not None)
+    """The id of a multiplexed stream's message: every project's position, by tag, each
+    epoch said once (`~<epoch>`, then `<tag><version>` for each project in it): projects
+    of one worker, or of one Redis, mostly share one."""
+    parts, epoch = [], None
+    for slug, position in sorted(((slug, position) for slug, position in held.items() if position),
+                                 key=lambda item: item[1].epoch):
+        if position.epoch != epoch:
+            epoch = position.epoch
+            parts.append(f"~{epoch}")
+        parts.append(f"{project_tag(slug)}{position.version}")
+    return ".".join(parts)
 
 
 def parse_mux_event_id(text: str | None) -> dict[str, Position]:
     """A multiplexed id -> tag -> Position; what cannot be read is left out."""
     found: dict[str, Position] = {}
+    epoch = None
     for part in (text or "")[:MUX_ID_LIMIT].strip().split("."):
-        tag, _, rest = part.partition("-")
-        if len(tag) == 8 and (position := parse_event_id(rest)) is not None:
-            found[tag] = position
+        if part.startswith("~"):
+            epoch = part[1:] if 0 < len(part) <= 33 and part[1:].isalnum() and part.isascii() else None
+        elif epoch is not None and (position := parse_event_id(f"{epoch}-{part[8:]}")) is not None:
+            found[part[:8]] = position
     return found
 
 
@@ -3664,12 +3684,14 @@ class Edge:
             try:
                 with gevent.Timeout(max(started + self._header_timeout - time.monotonic(), 0.001),
                                     ClientTooSlow()):
-                    while (end := received.find(b"\r\n\r\n")) < 0:
-                        _check_partial_head(received)
+                    head = PartialHead()
+                    while end < 0:
+                        head.check(received)
                         data = client.recv(RECEIVE_SIZE)
                         if not data:
                             return None
                         received += data
+                        end = received.find(b"\r\n\r\n", max(len(received) - len(data) - 3, 0))
             except ClientTooSlow:
                 return None
             except RequestRefused as refused:
@@ -3792,6 +3814,7 @@ class Edge:
             "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
             "wsgi.run_once": False,
         }
+        repeated: dict[str, list[str]] = {}
         for name, value in request.headers:
             if "_" in name:
                 continue                      # X_A would pass for X-A: dropped, as nginx does
@@ -3799,8 +3822,10 @@ class Edge:
             if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
                 key = "HTTP_" + key
             if key in environ:
-                value = environ[key] + ("; " if key == "HTTP_COOKIE" else ", ") + value
+                repeated.setdefault(key, [environ[key]]).append(value)
             environ[key] = value
+        for key, values in repeated.items():  # joined once: a head may repeat one 100 times
+            environ[key] = ("; " if key == "HTTP_COOKIE" else ", ").join(values)
         return environ
 
     def _response_head(self, status: str, headers: list, length: int | None, close: bool,
@@ -3872,18 +3897,37 @@ class Edge:
             self._hang_up(client)
 
 
-def _check_partial_head(received: bytearray) -> None:
-    """Refuse a head that is already over its bounds before it is complete, or that ends
-    its lines with a bare LF (it would never end as this edge reads heads)."""
-    first_line = received.find(b"\r\n")
-    if (first_line < 0 and len(received) > REQUEST_LINE_LIMIT + 1) or first_line > REQUEST_LINE_LIMIT:
-        raise RequestRefused(414, "request line too long")
-    if received.count(b"\n") != received.count(b"\r\n"):
-        raise RequestRefused(400, "a bare LF in the head")
-    if received.count(b"\r\n") > HEADER_FIELDS_LIMIT + 1 or len(received) > HEAD_LIMIT:
-        raise RequestRefused(431, "too many header fields")
-    if len(received) - (received.rfind(b"\r\n") + 2) > HEADER_FIELD_LIMIT:
-        raise RequestRefused(431, "header field too long")
+class PartialHead:
+    """A head still coming in, checked as its bytes arrive (each byte looked at once): one
+    already over its bounds is refused before it is complete, and so is one that ends its
+    lines with a bare LF (it would never end, as this edge reads heads)."""
+
+    __slots__ = ("checked", "line_ends", "last_line_end")
+
+    def __init__(self):
+        self.checked = 0            # bytes of the head checked so far
+        self.line_ends = 0          # CRLFs among them
+        self.last_line_end = -2     # where the last one is
+
+    def check(self, received: bytearray) -> None:
+        start = self.checked
+        if start and received[start - 1] == 0x0D:  # a CRLF may straddle two reads
+            start -= 1
+        new = received[start:]
+        crlf = new.count(b"\r\n")
+        if new.count(b"\n") != crlf:
+            raise RequestRefused(400, "a bare LF in the head")
+        if crlf:
+            self.line_ends += crlf
+            self.last_line_end = start + new.rfind(b"\r\n")
+        self.checked = len(received)
+        if self.line_ends == 0:
+            if len(received) > REQUEST_LINE_LIMIT + 1:
+                raise RequestRefused(414, "request line too long")
+        elif self.line_ends > HEADER_FIELDS_LIMIT + 1 or len(received) > HEAD_LIMIT:
+            raise RequestRefused(431, "too many header fields")
+        elif len(received) - (self.last_line_end + 2) > HEADER_FIELD_LIMIT:
+            raise RequestRefused(431, "header field too long")
 
 
 def _no_write(data: bytes) -> None:

@@ -81,9 +81,12 @@ def still_open(socks: list[socket.socket]) -> int:
         selector.register(sock, selectors.EVENT_READ)
     closed = set()
     for key, _ in selector.select(timeout=0.2):
-        try:
-            if key.fileobj.recv(4096) == b"":
-                closed.add(key.fileobj)
+        try:                              # past any answer not read yet, to the end, if any
+            while data := key.fileobj.recv(65536):
+                del data
+            closed.add(key.fileobj)
+        except BlockingIOError:
+            pass
         except OSError:
             closed.add(key.fileobj)
     selector.close()
@@ -109,6 +112,81 @@ def probe_idle_flood(root, env, slug):
     return {"idle connections opened": len(idle),
             "/healthz with them open": f"{healthz[1]} in {healthz[0] * 1000:.0f} ms",
             "warm GET with them open": f"{get[1]} in {get[0] * 1000:.0f} ms"}
+
+
+def probe_owed_bodies(root, env, slug):
+    """12,010 connections that declare a body and never send it (HEADER_TIMEOUT 3 s,
+    KEEPALIVE_TIMEOUT 5 s, as the issue found them): the service's answers meanwhile, and
+    how many are still held after 8 s."""
+    service = Service(root, {**env, "HEADER_TIMEOUT": "3", "KEEPALIVE_TIMEOUT": "5"})
+    requests.get(f"{service.url}/api/public/{slug}/status", timeout=5)
+    owing = connections(service.port, 12_010,
+                        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 16000\r\n\r\n")
+    time.sleep(1)
+    healthz = timed_get(service.url + "/healthz", timeout=5)
+    get = timed_get(f"{service.url}/api/public/{slug}/status", timeout=5)
+    time.sleep(7)
+    held = still_open(owing)
+    close_all(owing)
+    service.stop()
+    return {"connections owing a body": len(owing),
+            "/healthz with them open": f"{healthz[1]} in {healthz[0] * 1000:.0f} ms",
+            "warm GET with them open": f"{get[1]} in {get[0] * 1000:.0f} ms",
+            "still held 8 s later": held}
+
+
+def probe_accept_encoding(root, env, slug):
+    """The worker's CPU for a GET whose head holds 97 lines of Accept-Encoding tokens,
+    against a head of the same size under another name."""
+    service = Service(root, env)
+    requests.get(f"{service.url}/api/public/{slug}/status", timeout=5)
+    tokens = "identity;q=0.5, " * 500
+
+    def cpu_ms_per_request(name: str) -> float:
+        lines = "".join(f"{name}: {tokens}\r\n" for _ in range(97))
+        data = f"GET /api/public/{slug}/status HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode()
+        before = service_cpu(service)
+        for _ in range(20):
+            raw(service.port, data, wait=5)
+        return (service_cpu(service) - before) * 1000 / 20
+
+    figures = {"CPU per request, 97 lines of Accept-Encoding tokens":
+               f"{cpu_ms_per_request('Accept-Encoding'):.1f} ms",
+               "CPU per request, the same lines under X-Padding": f"{cpu_ms_per_request('X-Padding'):.1f} ms"}
+    service.stop()
+    return figures
+
+
+def service_cpu(service) -> float:
+    fields = Path(f"/proc/{service.worker_pids()[-1]}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100
+
+
+SMUGGLED = {
+    "two Content-Lengths": b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 35\r\n\r\n",
+    "Content-Length and Transfer-Encoding: Chunked":
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n",
+    "a bare CR": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\rContent-Length: 0\r\n\r\n",
+    "a space before a colon": b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length : 35\r\n\r\n",
+    "a NUL in a header name": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX\x00A: 1\r\n\r\n",
+    "Transfer-Encoding: gzip": b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    "no Host": b"GET /healthz HTTP/1.1\r\n\r\n",
+    "two Hosts": b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+}
+
+
+def probe_smuggling(root, env):
+    """Each framing a front end could read another way, with a request hidden behind it:
+    how many answers came (2: the hidden request was served)."""
+    service = Service(root, env)
+    hidden = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+    figures = {}
+    for name, head in SMUGGLED.items():
+        answer = raw(service.port, head + hidden, wait=2)
+        served = len(re.findall(rb"HTTP/1\.[01] \d{3} ", answer))
+        figures[name] = f"{served} answer(s), hidden request {'SERVED' if b'ready' in answer else 'not served'}"
+    service.stop()
+    return figures
 
 
 def probe_slow_heads(root, env):
@@ -332,6 +410,9 @@ def main():
         upstream.set_statuses(f"/{warm}", {f"{f}{u:02d}": "open" for f in range(1, 16) for u in range(1, 17)})
         probes = {
             "idle": lambda: probe_idle_flood(root, env, warm),
+            "owed": lambda: probe_owed_bodies(root, env, warm),
+            "tokens": lambda: probe_accept_encoding(root, env, warm),
+            "smuggling": lambda: probe_smuggling(root, env),
             "slow": lambda: probe_slow_heads(root, env),
             "sigterm": lambda: probe_sigterm_half_sent(root, env),
             "flood": lambda: probe_unknown_flood(root, env, warm),

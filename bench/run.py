@@ -55,10 +55,11 @@ def add_projects(database: Database, upstream_url: str, slugs: list[str], interv
     return slugs
 
 
-def bench_command(port: int, app: str = "wsgi:app", extra: list[str] | tuple = ()) -> list[str]:
-    """The Procfile's command on 127.0.0.1:`port`, without the access log (off for us and
-    the floor), serving `app`."""
-    return gunicorn_command(f"127.0.0.1:{port}", access_log=False, app=app, extra=extra)
+def bench_command(port: int, app: str = "wsgi:app", extra: list[str] | tuple = (),
+                  root: Path = ROOT) -> list[str]:
+    """The Procfile's command (of the checkout at `root`) on 127.0.0.1:`port`, without the
+    access log (off for us and the floor), serving `app`."""
+    return gunicorn_command(f"127.0.0.1:{port}", access_log=False, app=app, extra=extra, root=root)
 
 
 class Server:
@@ -68,10 +69,10 @@ class Server:
     started: list[Server] = []
 
     def __init__(self, name: str, command: list[str], port: int, env: dict | None = None,
-                 core: str = SERVER_CORE):
+                 core: str = SERVER_CORE, root: Path = ROOT):
         self.name, self.port = name, port
         self.process = subprocess.Popen(
-            ["taskset", "-c", core, *command], cwd=ROOT, env={**os.environ, **(env or {})},
+            ["taskset", "-c", core, *command], cwd=root, env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         Server.started.append(self)
         deadline = time.monotonic() + 30

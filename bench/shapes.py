@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.run import (
+    ROOT,
     LOAD_CORE,
     SERVER_CORE,
     LoadGenerator,
@@ -55,9 +56,11 @@ LAUNCH = {"streams": int(os.environ.get("SHAPES_LAUNCH_STREAMS", "10000")), "uni
           "refresh_min_interval": 10.0}
 
 
-def service(name: str, env: dict, workers: int = 1, core: str = SERVER_CORE) -> Server:
+def service(name: str, env: dict, workers: int = 1, core: str = SERVER_CORE, root: Path = ROOT) -> Server:
+    """The Procfile's command of the checkout at `root` (another one: the code before)."""
     port = free_port()
-    server = Server(name, bench_command(port, extra=["--workers", str(workers)]), port, env, core=core)
+    server = Server(name, bench_command(port, extra=["--workers", str(workers)], root=root), port, env,
+                    core=core, root=root)
     server.wait_for_workers(workers)
     return server
 
@@ -156,9 +159,9 @@ def fanout(load: LoadGenerator, trigger_port: int, upstream_url: str, slug: str 
 
 
 def launch_phase(env: dict, load: LoadGenerator, upstream_url: str, upstream_port: int,
-                 seconds: int) -> dict:
+                 seconds: int, root: Path = ROOT) -> dict:
     server = service("launch day", {**env, "REFRESH_MIN_INTERVAL": str(LAUNCH["refresh_min_interval"]),
-                                    "MAX_STREAMS": "20000"})
+                                    "MAX_STREAMS": "20000"}, root=root)
     try:
         baseline_mb = server.rss_kb() / 1024
         cpu_before, before = server.cpu_seconds(), served(upstream_url, "/launch")

@@ -11,6 +11,7 @@ from gunicorn.http.unreader import IterUnreader
 from public_service import (
     HEADER_FIELD_LIMIT,
     HEADER_FIELDS_LIMIT,
+    PartialHead,
     REQUEST_LINE_LIMIT,
     RequestRefused,
     parse_head,
@@ -137,3 +138,30 @@ def test_header_fields_are_bounded(field_length, fields, status):
         with pytest.raises(RequestRefused) as refused:
             parse_head(head)
         assert refused.value.status == status
+
+
+@pytest.mark.parametrize("cut", range(1, 40))
+def test_a_head_checked_as_it_arrives_is_judged_whatever_the_reads(cut):
+    """The same head, arriving in two reads cut anywhere (a CRLF split between them
+    included): never taken for a bare LF, never over its bounds."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n"
+    partial, received = PartialHead(), bytearray()
+    for piece in (head[:cut], head[cut:]):
+        received += piece
+        partial.check(received)
+    assert partial.line_ends == 3
+
+
+@pytest.mark.parametrize(("head", "status"), [
+    (b"GET /a HTTP/1.1\nHost: x", 400),
+    (b"GET /" + b"a" * 5000, 414),
+    (b"GET / HTTP/1.1\r\nX-A: " + b"v" * 9000, 431),
+    (b"GET / HTTP/1.1\r\n" + b"X-A: 1\r\n" * 101, 431),
+])
+def test_a_head_over_its_bounds_is_refused_before_it_is_complete(head, status):
+    partial, received = PartialHead(), bytearray()
+    with pytest.raises(RequestRefused) as refused:
+        for start in range(0, len(head), 1000):
+            received += head[start:start + 1000]
+            partial.check(received)
+    assert refused.value.status == status

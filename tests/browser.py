@@ -45,7 +45,9 @@ class Tab:
         self.call("Page.reload")
 
     def add_init_script(self, source: str) -> None:
-        """Run `source` in every document this tab loads from now on, before its scripts."""
+        """Run `source` in every document this tab loads from now on, before its scripts
+        (DevTools runs such scripts only where the Page domain is on)."""
+        self.call("Page.enable")
         self.call("Page.addScriptToEvaluateOnNewDocument", source=source)
 
     def evaluate(self, expression: str):

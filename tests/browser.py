@@ -77,6 +77,16 @@ class Tab:
     def unfreeze(self) -> None:
         self.call("Page.setWebLifecycleState", state="active")
 
+    def activate(self) -> None:
+        """Bring the tab to the front: the one in front before is hidden now."""
+        self.browser.send("Target.activateTarget", targetId=self.target_id)
+
+    def crash(self) -> None:
+        """Crash the tab's renderer, as an out-of-memory kill does. No answer comes (the
+        renderer is gone), so none is awaited: the test watches what the others do."""
+        self.closed = True
+        self.browser.post("Page.crash", session_id=self.session_id)
+
     def screenshot(self, path: str) -> None:
         data = self.call("Page.captureScreenshot", format="png")["data"]
         with open(path, "wb") as file:
@@ -145,14 +155,19 @@ class Browser:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def send(self, method: str, session_id: str | None = None, **params):
-        """One DevTools command, to the browser or (with `session_id`) to one tab; the
-        events that arrive meanwhile are kept by the tab (or browser) they belong to."""
+    def post(self, method: str, session_id: str | None = None, **params) -> int:
+        """Send one DevTools command without waiting for its answer; its id."""
         message_id = next(self._ids)
         command = {"id": message_id, "method": method, "params": params}
         if session_id:
             command["sessionId"] = session_id
         self._socket.send(json.dumps(command))
+        return message_id
+
+    def send(self, method: str, session_id: str | None = None, **params):
+        """One DevTools command, to the browser or (with `session_id`) to one tab; the
+        events that arrive meanwhile are kept by the tab (or browser) they belong to."""
+        message_id = self.post(method, session_id, **params)
         while True:
             message = json.loads(self._socket.recv())
             if "method" in message:

@@ -54,7 +54,6 @@
 
   const newId = () => Math.random().toString(36).slice(2) + Date.now().toString(36);
   const same = (a, b) => a.length === b.length && a.every((item, n) => item === b[n]);
-  const onceSettled = (promise) => promise.catch(() => {});  // an aborted lock request
 
   const storage = {
     load(key) {
@@ -398,16 +397,28 @@
       this._quit = new AbortController();
       const signal = this._quit.signal;
       const held = () => new Promise((resolve) => signal.addEventListener("abort", resolve));
+      // A refusal other than our own abort (an opaque origin: a sandboxed frame) means
+      // no sharing here: every instance takes a stream of its own.
+      const refused = (error) => { if (error.name !== "AbortError") this._unshared(); };
       // The tab's own lock: held while it lives; the leader waits for it to learn it went.
-      onceSettled(navigator.locks.request(`${this.name} tab ${this.tab}`, { signal }, () => {
+      navigator.locks.request(`${this.name} tab ${this.tab}`, { signal }, () => {
         this._holding = true;
         this._announce(!this.synced);
         return held();
-      }));
-      onceSettled(navigator.locks.request(`${this.name} leader`, { signal }, () => {
+      }).catch(refused);
+      navigator.locks.request(`${this.name} leader`, { signal }, () => {
         this._lead(signal);
         return held();
-      }));
+      }).catch(refused);
+    }
+
+    _unshared() {
+      if (hubs.get(this.api) !== this) return;
+      hubs.delete(this.api);
+      members.delete(this);
+      this.suspend();
+      for (const instance of [...this.instances]) instance._alone();
+      this.instances.clear();
     }
 
     suspend() {
@@ -645,11 +656,11 @@
     _watch(tab) {
       if (this._watched.has(tab)) return;
       this._watched.add(tab);
-      onceSettled(navigator.locks.request(`${this.name} tab ${tab}`, { signal: this._watching }, () => {
+      navigator.locks.request(`${this.name} tab ${tab}`, { signal: this._watching }, () => {
         if (!this.connections) return;
         this._post({ type: "bye", from: tab });
         this._gone(tab);
-      }));
+      }).catch(() => {});       // aborted: this tab leads no more
     }
 
     /** Reconcile once for all that this task brought. Not on a timer: the leader is
@@ -794,6 +805,7 @@
       this.state = "connecting";
       this.stats = { opened: 0, resumed: 0, snapshots: 0, updates: 0, stored: 0, shared: 0 };
       this.shared = options.share !== false && canShare;
+      this._options = options;
       this._onupdate = options.onupdate;
       this._onstate = options.onstate;
       if (!SLUG.test(project)) {
@@ -805,6 +817,13 @@
       } else {
         this._own = new OwnStream(this, options);
       }
+    }
+
+    /** Nothing to share with after all: a stream of its own. */
+    _alone() {
+      this.shared = false;
+      this._hub = null;
+      if (this.state !== "closed") this._own = new OwnStream(this, this._options);
     }
 
     /** Whether this tab holds the browser's shared connection (false: another tab does,

@@ -15,12 +15,12 @@ it. Figures are printed, raw ones saved in bench/results/. A minute or so.
 
 from __future__ import annotations
 
-import http.server
 import socket
 import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +126,7 @@ class CountingProxy:
 
 def serve_pages(today: bytes) -> str:
     """The embedding site: the page, and today's client for the run that uses it."""
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             body, kind = ((today, "text/javascript") if self.path.startswith("/today/")
                           else (PAGE.encode(), "text/html; charset=utf-8"))
@@ -139,7 +139,7 @@ def serve_pages(today: bytes) -> str:
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}"

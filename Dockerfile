@@ -12,7 +12,7 @@ RUN pip install --no-cache-dir -r requirements.txt \
  && useradd --system --uid 10001 --gid app --home-dir /nonexistent --shell /usr/sbin/nologin app
 
 # Everything the service reads at run time (tests/test_dockerfile.py runs it from these alone).
-COPY public_service.py wsgi.py gunicorn.conf.py board.html public-status.js Procfile ./
+COPY public_service.py wsgi.py gunicorn.conf.py board.html board.js board.css public-status.js Procfile ./
 
 USER 10001:10001
 EXPOSE 8000

@@ -26,9 +26,14 @@ test: $(VENV)/.dev
 	scripts/ensure-tool.sh redis-server
 	scripts/ensure-tool.sh buildah
 	scripts/ensure-tool.sh debootstrap
+	scripts/ensure-tool.sh promtool prometheus
 	$(PYTHON) -m pytest
 
+# The in-process tests alone: no gunicorn, no browser. They still read the real
+# PostgreSQL, and one runs a redis-server of its own, so both are made ready first.
 test-fast: $(VENV)/.dev
+	scripts/ensure-services.sh
+	scripts/ensure-tool.sh redis-server
 	$(PYTHON) -m pytest -m "not e2e and not browser"
 
 bench bench-full: $(VENV)/.dev
@@ -56,9 +61,10 @@ lint: $(VENV)/.dev
 	$(PYTHON) -m ruff check .
 
 # Plant small bugs in the pure core and the cache's rules, one at a time, and report
-# those the in-process tests let through (see README, Tests). About 30 minutes.
+# those the in-process tests let through (see docs/tests.md). About 30 minutes.
 mutate: $(VENV)/.dev
 	scripts/ensure-services.sh
+	scripts/ensure-tool.sh redis-server
 	$(PYTHON) scripts/mutate.py
 
 $(PYTHON):

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import resource
 import selectors
-import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -24,86 +21,34 @@ import threading
 import time
 from pathlib import Path
 
-import psycopg2
 import requests
 
 HERE = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(HERE / "tests"), str(HERE)]
-from helpers import Upstream  # noqa: E402
+sys.path.insert(0, str(HERE))
+import support  # noqa: E402
+from support import MACHINE_POSTGRES, Database, Upstream, metric  # noqa: E402
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DATABASE, ROLE = "public_status_attack", "public_status_attack_reader"
 
 
-def prepare_database() -> tuple[str, psycopg2.extensions.connection]:
-    admin = psycopg2.connect(ADMIN_URL)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        cursor.execute(f"DROP ROLE IF EXISTS {ROLE}")
-        cursor.execute(f"CREATE ROLE {ROLE} LOGIN")
-        cursor.execute(f"CREATE DATABASE {DATABASE}")
-    admin.close()
-    conn = psycopg2.connect(ADMIN_URL.rsplit("/", 1)[0] + f"/{DATABASE}")
-    conn.autocommit = True
-    with conn.cursor() as cursor:
-        cursor.execute((HERE / "schema.sql").read_text())
-        cursor.execute(f"GRANT SELECT ON projects, integration_configs TO {ROLE}")
-    return f"postgresql://{ROLE}@127.0.0.1:5432/{DATABASE}", conn
-
-
-def add_project(conn, slug, base_url, interval=None, timeout=None) -> str:
-    with conn.cursor() as cursor:
-        cursor.execute("INSERT INTO projects (slug) VALUES (%s) RETURNING id", (slug,))
-        cursor.execute(
-            "INSERT INTO integration_configs (project_id, api_base_url, status_endpoint, "
-            "polling_interval_seconds, timeout_seconds) VALUES (%s, %s, %s, %s, %s)",
-            (cursor.fetchone()[0], base_url, f"/{slug}", interval, timeout))
-    return slug
-
-
-class Service:
-    """The Procfile's command from `root`, on a free loopback port."""
+class Service(support.Service):
+    """The Procfile's command from the checkout at `root`, on a free loopback port,
+    without the access log; `stop()` says how long SIGTERM took."""
 
     def __init__(self, root: Path, env: dict, extra: list[str] = ()):
-        line = next(x for x in (root / "Procfile").read_text().splitlines() if x.startswith("web:"))
-        args = [a for a in shlex.split(line[4:])[1:] if not a.startswith("0.0.0.0:") and a != "--bind"]
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [a for a in args if a not in ("--access-logfile", "-")]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", *args, *extra, "--bind", f"127.0.0.1:{self.port}"],
-            cwd=root, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True).start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise SystemExit("the service did not start")
+        super().__init__(env, extra_args=list(extra), root=root, access_log=False)
 
-    def worker(self) -> int:
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        return int(children[0])
+    @property
+    def lines(self) -> list[str]:
+        return self.logs().splitlines()
 
     def rss_kb(self) -> int:
-        status = Path(f"/proc/{self.worker()}/status").read_text()
+        status = Path(f"/proc/{self.worker_pids()[-1]}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
 
     def stop(self) -> float:
         started = time.monotonic()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        super().stop(timeout=60)
         return time.monotonic() - started
 
 
@@ -222,12 +167,6 @@ def flood(port, paths, concurrency=3000):
     return statuses, latencies
 
 
-def metric(url, name):
-    text = requests.get(url + "/metrics", timeout=10).text
-    found = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
 def probe_unknown_flood(root, env, slug, pool=None):
     service = Service(root, {**env, **(pool or {})})
     known = f"{service.url}/api/public/{slug}/status"
@@ -249,7 +188,7 @@ def probe_unknown_flood(root, env, slug, pool=None):
     readyz = sorted(s for s, _ in side["readyz"])
     result = {"settings": pool or "defaults (5 connections, DB_TIMEOUT 5)",
               "3,000 unknown slugs answered": counts,
-              "database errors counted": metric(service.url, "public_status_db_errors_total"),
+              "database errors counted": metric(service.url, "public_status_db_errors_total", default=0.0),
               "'database unavailable' logged": any("database unavailable" in x for x in service.lines),
               "/readyz during": {s: [r[1] for r in side["readyz"]].count(s) for s in {r[1] for r in side["readyz"]}},
               "/readyz p99": f"{readyz[int(len(readyz) * 0.99) - 1] * 1000:.0f} ms" if readyz else "-",
@@ -259,9 +198,9 @@ def probe_unknown_flood(root, env, slug, pool=None):
     return result
 
 
-def probe_cookies(root, env, conn, upstream):
-    setter = add_project(conn, "cookie-setter", upstream.url)
-    other = add_project(conn, "cookie-other", upstream.url)
+def probe_cookies(root, env, database, upstream):
+    setter = database.add_project("cookie-setter", base_url=upstream.url)
+    other = database.add_project("cookie-other", base_url=upstream.url)
     upstream.set_statuses(f"/{setter}", {"A1": "open"}, cookies_per_answer=95)
     upstream.set_statuses(f"/{other}", {"A1": "open"})
     service = Service(root, {**env, "REFRESH_MIN_INTERVAL": "0"})
@@ -277,13 +216,10 @@ def probe_cookies(root, env, conn, upstream):
             "worker memory grown": f"{grown / 1024:.0f} MB"}
 
 
-def probe_hostile_config(root, env, conn, upstream):
-    slug = add_project(conn, "nan-interval", upstream.url)
-    with conn.cursor() as cursor:
-        cursor.execute("UPDATE integration_configs SET polling_interval_seconds = 'NaN' "
-                       "WHERE project_id = (SELECT id FROM projects WHERE slug = %s)", (slug,))
+def probe_hostile_config(root, env, database, upstream):
+    slug = database.add_project("nan-interval", base_url=upstream.url, interval="NaN")
     upstream.set_statuses(f"/{slug}", {"A1": "open"})
-    tiny = add_project(conn, "tiny-interval", upstream.url, interval=0.001)
+    tiny = database.add_project("tiny-interval", base_url=upstream.url, interval=0.001)
     upstream.set_statuses(f"/{tiny}", {"A1": "open"})
     service = Service(root, env)
     get = timed_get(f"{service.url}/api/public/{slug}/status")
@@ -350,9 +286,9 @@ def probe_heads_and_bodies(root, env, slug):
             "/healthz p99 meanwhile": f"{latencies[int(len(latencies) * 0.99) - 1] * 1000:.0f} ms"}
 
 
-def probe_large_document(root, env, conn, upstream, warm):
+def probe_large_document(root, env, database, upstream, warm):
     units = {f"U{n:06d}": "open" for n in range(460_000)}
-    slug = add_project(conn, "large", upstream.url, timeout=60)
+    slug = database.add_project("large", base_url=upstream.url, timeout=60)
     upstream.set_statuses(f"/{slug}", units)
     service = Service(root, {**env, "REFRESH_MIN_INTERVAL": "0", "MAX_UPSTREAM_BYTES": "50000000"})
     requests.get(f"{service.url}/api/public/{warm}/status", timeout=5)
@@ -386,13 +322,13 @@ def main():
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     root = options.root.resolve()
-    database_url, conn = prepare_database()
-    env = {"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", "PORT": "0"}
+    database = Database.create(MACHINE_POSTGRES, DATABASE, ROLE)
+    env = {"DATABASE_URL": database.reader_url, "LOG_LEVEL": "WARNING", "PORT": "0"}
     report = {"checkout": str(root),
               "commit": subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                                        capture_output=True, text=True).stdout.strip()}
     with Upstream() as upstream:
-        warm = add_project(conn, "warm", upstream.url)
+        warm = database.add_project("warm", base_url=upstream.url)
         upstream.set_statuses(f"/{warm}", {f"{f}{u:02d}": "open" for f in range(1, 16) for u in range(1, 17)})
         probes = {
             "idle": lambda: probe_idle_flood(root, env, warm),
@@ -401,10 +337,10 @@ def main():
             "flood": lambda: probe_unknown_flood(root, env, warm),
             "flood-tight-pool": lambda: probe_unknown_flood(
                 root, env, warm, {"DB_POOL_SIZE": "1", "DB_TIMEOUT": "0.5"}),
-            "cookies": lambda: probe_cookies(root, env, conn, upstream),
-            "config": lambda: probe_hostile_config(root, env, conn, upstream),
+            "cookies": lambda: probe_cookies(root, env, database, upstream),
+            "config": lambda: probe_hostile_config(root, env, database, upstream),
             "heads": lambda: probe_heads_and_bodies(root, env, warm),
-            "large": lambda: probe_large_document(root, env, conn, upstream, warm),
+            "large": lambda: probe_large_document(root, env, database, upstream, warm),
         }
         chosen = options.only.split(",") if options.only else list(probes)
         for name in chosen:

@@ -14,6 +14,10 @@ import struct
 import sys
 import time
 import zlib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from support import Dechunker
 
 
 def percentile(values, fraction):
@@ -39,32 +43,24 @@ def request_bytes(method, path, gzip=False):
             f"{encoding}Content-Length: 0\r\n\r\n").encode()
 
 
-class Dechunker:
+class StreamBody(Dechunker):
     """One stream's body as it arrives: the response head skipped, chunks undone."""
 
     def __init__(self):
-        self.head_done = False
-        self.raw = b""
+        super().__init__()
+        self.head = b""
 
     def feed(self, data: bytes) -> bytes:
-        self.raw += data
-        if not self.head_done:
-            if b"\r\n\r\n" not in self.raw:
+        if self.head is not None:
+            self.head += data
+            if b"\r\n\r\n" not in self.head:
                 return b""
-            self.raw = self.raw.split(b"\r\n\r\n", 1)[1]
-            self.head_done = True
-        body = []
-        while b"\r\n" in self.raw:
-            size_line, rest = self.raw.split(b"\r\n", 1)
-            size = int(size_line, 16)
-            if len(rest) < size + 2:
-                break
-            body.append(rest[:size])
-            self.raw = rest[size + 2:]
-        return b"".join(body)
+            data = self.head.split(b"\r\n\r\n", 1)[1]
+            self.head = None
+        return super().feed(data)
 
 
-class Inflater(Dechunker):
+class Inflater(StreamBody):
     """A gzip stream's body, its deflate pieces inflated as they come, so that markers
     can be found in what it says."""
 
@@ -79,7 +75,7 @@ class Inflater(Dechunker):
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)   # Linux
 
 
-class EventParser(Dechunker):
+class EventParser(StreamBody):
     """A plain stream's body, handed out as whole SSE messages: (event, data, id)."""
 
     def __init__(self):

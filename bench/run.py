@@ -15,7 +15,6 @@ import os
 import platform
 import re
 import resource
-import shlex
 import socket
 import statistics
 import subprocess
@@ -24,18 +23,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import psycopg2
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from support import MACHINE_POSTGRES, ROOT, Database, free_port, gunicorn_command
 
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = os.environ.get("BENCH_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get("BENCH_DATABASE_ADMIN_URL", MACHINE_POSTGRES)
 DATABASE, ROLE = "public_status_bench", "public_status_bench_reader"
 SERVER_CORE, LOAD_CORE = "0", "1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http(method: str, url: str) -> bytes:
@@ -46,53 +39,26 @@ def http(method: str, url: str) -> bytes:
 
 # --------------------------------------------------------------------------- set-up
 
-def prepare_database(upstream_url: str) -> str:
-    admin = psycopg2.connect(ADMIN_URL)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        cursor.execute(f"DROP ROLE IF EXISTS {ROLE}")
-        cursor.execute(f"CREATE ROLE {ROLE} LOGIN")
-        cursor.execute(f"CREATE DATABASE {DATABASE}")
-    admin.close()
-    conn = psycopg2.connect(ADMIN_URL.rsplit("/", 1)[0] + f"/{DATABASE}")
-    conn.autocommit = True
-    with conn.cursor() as cursor:
-        cursor.execute((ROOT / "schema.sql").read_text())
-        cursor.execute(f"GRANT SELECT ON projects, integration_configs TO {ROLE}")
-        for slug, interval in (("bench-get", 3600), ("bench-poll", 1)):
-            insert_project(cursor, slug, upstream_url, interval)
-    conn.close()
-    return ADMIN_URL.rsplit("/", 1)[0].replace("postgres@", f"{ROLE}@") + f"/{DATABASE}"
+def prepare_database(upstream_url: str) -> Database:
+    """The bench's database, made anew, with the two projects every run polls: one
+    that is read (polled hourly), one polled every second."""
+    database = Database.create(ADMIN_URL, DATABASE, ROLE)
+    add_projects(database, upstream_url, ["bench-get"], 3600)
+    add_projects(database, upstream_url, ["bench-poll"], 1)
+    return database
 
 
-def insert_project(cursor, slug: str, upstream_url: str, interval: float) -> None:
-    cursor.execute("INSERT INTO projects (slug) VALUES (%s) RETURNING id", (slug,))
-    cursor.execute(
-        "INSERT INTO integration_configs (project_id, api_base_url, status_endpoint, "
-        "polling_interval_seconds) VALUES (%s, %s, %s, %s)",
-        (cursor.fetchone()[0], upstream_url, f"/{slug}", interval))
-
-
-def add_projects(database_url: str, upstream_url: str, slugs: list[str], interval: float) -> list[str]:
-    """More projects in the bench's database (written as its owner, not the reader)."""
-    admin = psycopg2.connect(database_url.replace(f"{ROLE}@", "postgres@"))
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        for slug in slugs:
-            insert_project(cursor, slug, upstream_url, interval)
-    admin.close()
+def add_projects(database: Database, upstream_url: str, slugs: list[str], interval: float) -> list[str]:
+    """Projects whose client API is `upstream_url`/<slug>, polled every `interval`."""
+    for slug in slugs:
+        database.add_project(slug, base_url=upstream_url, interval=interval)
     return slugs
 
 
-def procfile_args() -> list[str]:
-    """The Procfile's gunicorn flags, without the access log (off for us and the floor)."""
-    lines = (ROOT / "Procfile").read_text().splitlines()
-    line = next(line for line in lines if line.startswith("web:"))
-    args = shlex.split(line.removeprefix("web:"))[1:]
-    cut = args.index("--access-logfile")
-    del args[cut:cut + 2]
-    return [a for a in args if not a.startswith("0.0.0.0:") and a != "--bind" and a != "wsgi:app"]
+def bench_command(port: int, app: str = "wsgi:app", extra: list[str] | tuple = ()) -> list[str]:
+    """The Procfile's command on 127.0.0.1:`port`, without the access log (off for us and
+    the floor), serving `app`."""
+    return gunicorn_command(f"127.0.0.1:{port}", access_log=False, app=app, extra=extra)
 
 
 class Server:
@@ -157,11 +123,7 @@ def gunicorn(name: str, app: str, env: dict | None = None, floor: bool = False) 
     """Our Procfile's flags; the floor always runs on gunicorn's default gevent worker,
     the one the targets are stated against."""
     port = free_port()
-    args = procfile_args()
-    if floor:
-        at = args.index("--worker-class")
-        args[at + 1] = "gevent"
-    command = [sys.executable, "-m", "gunicorn", *args, "--bind", f"127.0.0.1:{port}", app]
+    command = bench_command(port, app, ["--worker-class", "gevent"] if floor else [])
     return Server(name, command, port, env)
 
 
@@ -348,8 +310,8 @@ def main() -> None:
     started = time.monotonic()
 
     upstream_url = start_client_api()
-    database_url = prepare_database(upstream_url)
-    env = {"DATABASE_URL": database_url, "STATUS_CACHE_TTL": "3600", "SSE_PING_INTERVAL": "3600",
+    database = prepare_database(upstream_url)
+    env = {"DATABASE_URL": database.reader_url, "STATUS_CACHE_TTL": "3600", "SSE_PING_INTERVAL": "3600",
            "REFRESH_MIN_INTERVAL": "0", "PROJECT_CACHE_TTL": "3600", "LOG_LEVEL": "WARNING",
            "MAX_STREAMS": "20000"}
     load = LoadGenerator()

@@ -31,22 +31,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.run import (
+    LOAD_CORE,
     SERVER_CORE,
     LoadGenerator,
     Server,
     add_projects,
-    free_port,
+    bench_command,
     http,
     machine,
     prepare_database,
-    procfile_args,
     raise_open_files_limit,
     save_results,
     served,
     start_client_api,
     wrk,
 )
-from bench.storm import redis_server
+from support import RedisServer, free_port
 
 BOTH_CORES = "0,1"
 STREAMS = int(os.environ.get("SHAPES_STREAMS", "5000"))   # smaller only to try the script
@@ -57,9 +57,7 @@ LAUNCH = {"streams": int(os.environ.get("SHAPES_LAUNCH_STREAMS", "10000")), "uni
 
 def service(name: str, env: dict, workers: int = 1, core: str = SERVER_CORE) -> Server:
     port = free_port()
-    command = [sys.executable, "-m", "gunicorn", *procfile_args(), "--workers", str(workers),
-               "--bind", f"127.0.0.1:{port}", "wsgi:app"]
-    server = Server(name, command, port, env, core=core)
+    server = Server(name, bench_command(port, extra=["--workers", str(workers)]), port, env, core=core)
     server.wait_for_workers(workers)
     return server
 
@@ -249,12 +247,13 @@ def main() -> None:
     started = time.monotonic()
     upstream_url = start_client_api()
     upstream_port = int(upstream_url.rsplit(":", 1)[1])
-    database_url = prepare_database(upstream_url)
-    add_projects(database_url, upstream_url, ["launch"], 1)
-    env = {"DATABASE_URL": database_url, "STATUS_CACHE_TTL": "3600", "SSE_PING_INTERVAL": "3600",
+    database = prepare_database(upstream_url)
+    add_projects(database, upstream_url, ["launch"], 1)
+    env = {"DATABASE_URL": database.reader_url, "STATUS_CACHE_TTL": "3600", "SSE_PING_INTERVAL": "3600",
            "REFRESH_MIN_INTERVAL": "0", "PROJECT_CACHE_TTL": "3600", "LOG_LEVEL": "WARNING",
            "MAX_STREAMS": "20000"}
-    redis, redis_url = redis_server()
+    redis = RedisServer(core=LOAD_CORE)
+    redis_url = redis.url
     load = LoadGenerator()
     results = {"date": time.strftime("%Y-%m-%d"),
                "machine": machine(), "workers": []}
@@ -270,7 +269,7 @@ def main() -> None:
     finally:
         for server in Server.started:
             server.stop()
-        redis.terminate()
+        redis.stop()
     results["seconds"] = time.monotonic() - started
     save_results(results, "shapes")
     print(report(results))

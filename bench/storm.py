@@ -15,11 +15,8 @@ and current, the bytes per reconnect, the client API requests the storm caused, 
 from __future__ import annotations
 
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,7 +25,6 @@ from bench.run import (
     LoadGenerator,
     Server,
     add_projects,
-    free_port,
     gunicorn,
     http,
     prepare_database,
@@ -37,22 +33,9 @@ from bench.run import (
     served_counts,
     start_client_api,
 )
+from support import RedisServer
 
 STREAMS, PROJECTS = int(os.environ.get("STORM_STREAMS", "5000")), 5
-
-
-def redis_server() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(["taskset", "-c", LOAD_CORE, "redis-server", "--port", str(port),
-                                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                               stdout=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return process, f"redis://127.0.0.1:{port}/0"
 
 
 def run(mode: str, env: dict, slugs: list[str], upstream_url: str, resume: bool) -> dict:
@@ -97,11 +80,12 @@ def run(mode: str, env: dict, slugs: list[str], upstream_url: str, resume: bool)
 def main() -> None:
     raise_open_files_limit()
     upstream_url = start_client_api()
-    database_url = prepare_database(upstream_url)
-    slugs = add_projects(database_url, upstream_url, [f"storm-{n}" for n in range(1, PROJECTS + 1)], 30)
-    base = {"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", "MAX_STREAMS": "20000",
+    database = prepare_database(upstream_url)
+    slugs = add_projects(database, upstream_url, [f"storm-{n}" for n in range(1, PROJECTS + 1)], 30)
+    base = {"DATABASE_URL": database.reader_url, "LOG_LEVEL": "WARNING", "MAX_STREAMS": "20000",
             "SSE_PING_INTERVAL": "30"}
-    redis, redis_url = redis_server()
+    redis = RedisServer(core=LOAD_CORE)
+    redis_url = redis.url
     reports = []
     try:
         reports.append(run("local (no REDIS_URL)", base, slugs, upstream_url, resume=True))
@@ -111,7 +95,7 @@ def main() -> None:
     finally:
         for server in Server.started:
             server.stop()
-        redis.terminate()
+        redis.stop()
     save_results(reports, "storm")
     print(f"storm: {STREAMS:,} streams on {PROJECTS} projects, SIGTERM to A, all back on B "
           f"({os.cpu_count()} cores)\n")

@@ -9,7 +9,7 @@ dropped, a returned value replaced by None. Each mutant runs the in-process suit
 copy of the project (two at a time on two cores); a test failure, an error or a
 timeout kills it. Survivors are printed with where they are and what changed: each is
 a bug the tests would let through, or a change that makes no difference (say which in
-the README).
+docs/tests.md).
 
     python scripts/mutate.py            # all mutants (about 15 minutes on 2 cores)
     python scripts/mutate.py --limit 40 # a sample, spread over the targets
@@ -31,10 +31,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "public_service.py"
-TESTS = ["tests/test_pure.py", "tests/test_properties.py", "tests/test_service.py",
-         "tests/test_http.py", "tests/test_logging.py", "tests/test_upstream_client.py",
-         "tests/test_database.py"]
-COPIED = ["tests", "schema.sql", "board.html", "public-status.js", "pyproject.toml"]
+TESTS = ["tests/test_normalization.py", "tests/test_documents.py", "tests/test_sse_encoding.py",
+         "tests/test_resume.py", "tests/test_backoff.py", "tests/test_urls_and_auth.py",
+         "tests/test_project_rows.py", "tests/test_config.py", "tests/test_compression.py",
+         "tests/test_properties.py", "tests/test_service.py", "tests/test_http.py",
+         "tests/test_logging.py", "tests/test_upstream_client.py", "tests/test_database.py"]
+COPIED = ["tests", "support.py", "schema.sql", "board.html", "public-status.js", "pyproject.toml"]
 TIMEOUT = 120
 
 # Functions (qualified names) and module-level tables whose mutants are judged.

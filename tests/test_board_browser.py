@@ -2,19 +2,15 @@
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 import requests
+from board_pages import BOARD_FILES, STATE, TILES, add_building, in_section, tile, wait_tile
 
 from browser import Browser
-from helpers import Nginx
+from support import ROOT, Nginx
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
-
-BOARD = (Path(__file__).resolve().parent.parent / "board.html").read_bytes()
-TILES = "JSON.stringify(Object.fromEntries([...document.querySelectorAll('[data-unit]')].map(e => [e.dataset.unit, e.dataset.status])))"
-STATE = "document.getElementById('connection').dataset.state"
 
 
 def color_of(browser, unit):
@@ -30,11 +26,7 @@ def browser():
 @pytest.fixture
 def building(pg, upstream):
     """A project of 3 floors x 4 units, mostly available."""
-    slug = pg.add_project(pg.unique_slug("board"), base_url=upstream.url, interval=0.2)
-    statuses = {f"{floor}{unit:02d}": "open" for floor in (1, 2, 3) for unit in (1, 2, 3, 4)}
-    statuses.update({"102": "held", "203": "closed", "304": "coming soon", "301": "disabled"})
-    upstream.set_statuses(f"/{slug}", statuses)
-    return slug, statuses
+    return add_building(pg, upstream)
 
 
 def test_the_board_shows_changes_and_survives_a_restart(start_service, browser, building, upstream):
@@ -66,12 +58,53 @@ def test_the_board_shows_changes_and_survives_a_restart(start_service, browser, 
 
 
 def test_the_board_works_from_another_origin(start_service, browser, building, upstream):
+    """A copy of the board hosted elsewhere (its four files) streams from `?api=`."""
     slug, _ = building
     service = start_service()
-    upstream.set("/board.html", BOARD, content_type="text/html; charset=utf-8")
-    browser.goto(f"{upstream.url}/board.html?project={slug}&api={service.url}")
+    for path, (name, content_type) in BOARD_FILES.items():
+        upstream.set(path, (ROOT / name).read_bytes(), content_type=content_type)
+    browser.goto(f"{upstream.url}/board.html?project={slug}&api={service.url}/ignored/path")
     assert browser.evaluate("location.origin") != service.url
-    browser.wait_for("document.querySelectorAll('[data-unit]').length === 12")
+    browser.wait_for("document.querySelectorAll('[data-unit]').length === 12")   # the service's
+    assert browser.evaluate(STATE) == "live"                # origin only: the path would be a 404
+    assert browser.evaluate("document.getElementById('notice').hidden")
+
+
+def test_several_projects_each_under_its_name(start_service, browser, pg, upstream):
+    """`/?project=a,b`: a section per project, its own legend and counts, an unknown one
+    among them said so without holding the others back."""
+    tower, _ = add_building(pg, upstream, "tower")
+    low, low_statuses = add_building(pg, upstream, "low", floors=(1, 2), per_floor=3,
+                                     special={"103": "closed"})
+    service = start_service()
+    browser.goto(f"{service.url}/?project={tower},no-such-project,{low},{tower}")
+    assert browser.wait_for(f"{STATE} === 'live'")
+    browser.wait_for("document.querySelectorAll('[data-unit]').length === 18")
+    browser.wait_for(f"{in_section('no-such-project', '')}.dataset.state === 'unknown'", timeout=10)
+    sections = json.loads(browser.evaluate("""JSON.stringify([...document.querySelectorAll('section[data-project]')]
+        .map(s => [s.dataset.project, s.querySelector('h2').textContent, s.dataset.state,
+                   s.querySelectorAll('[data-unit]').length,
+                   s.querySelector('[data-legend=available]').textContent,
+                   s.querySelector('[data-legend=sold]').textContent]))"""))
+    assert sections == [
+        [tower, tower, "live", 12, "available 8", "sold 1"],
+        ["no-such-project", "no-such-project", "unknown", 0, "available 0", "sold 0"],
+        [low, low, "live", 6, "available 5", "sold 1"],
+    ]
+    note = browser.evaluate(f"{in_section('no-such-project', '.note')}.textContent")
+    assert "no-such-project" in note and "no such project" in note
+    for part in ("[role=grid]", ".legend"):                 # its empty grid and legend not shown
+        assert browser.evaluate(f"getComputedStyle({in_section('no-such-project', part)}).display") == "none"
+    assert browser.evaluate(f"{in_section(tower, '.note')}.hidden")
+    assert tower in browser.evaluate("document.title") and low in browser.evaluate("document.title")
+    assert json.loads(browser.evaluate("JSON.stringify(Object.keys(window.board.projects))")) == [
+        tower, "no-such-project", low]
+
+    upstream.set_statuses(f"/{low}", {**low_statuses, "101": "held"})   # one project moves
+    wait_tile(browser, "101", "reserved", slug=low)
+    assert browser.evaluate(f"{in_section(low, '[data-legend=reserved]')}.textContent") == "reserved 1"
+    assert browser.evaluate(f"{tile('101', tower)}.dataset.status") == "available"
+    assert browser.evaluate(f"{in_section(tower, '[data-legend=reserved]')}.textContent") == "reserved 1"
     assert browser.evaluate(STATE) == "live"
 
 
@@ -95,13 +128,12 @@ STATS = f"{LIVE} && JSON.stringify(window.board.live.stats)"
 
 
 def tile_is(browser, unit, status, timeout=10):
-    browser.wait_for(f"document.querySelector('[data-unit=\"{unit}\"]')?.dataset.status === '{status}'",
-                     timeout=timeout)
+    wait_tile(browser, unit, status, timeout=timeout)
 
 
 @pytest.fixture
 def behind_nginx(start_service, browser, building):
-    """The board of `building`, live, through nginx (the README's configuration)."""
+    """The board of `building`, live, through nginx (deploy/nginx.conf)."""
     slug, _ = building
     service = start_service()
     proxy = Nginx(service.port)

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from browser import Browser
-from helpers import EventStream, Nginx, wait_for
+from support import EventStream, Nginx, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,7 @@ def setup(pg, upstream):
     """A service (compressing), nginx in front of it, and a project whose statuses a test
     changes with `change()`, which returns when the service has committed the change."""
     from conftest import FAST
-    from helpers import Service
+    from support import Service
 
     service = Service({"DATABASE_URL": pg.reader_url, **FAST, "REFRESH_MIN_INTERVAL": "0",
                        "SSE_PING_INTERVAL": "5"})
@@ -81,9 +81,9 @@ def test_a_python_zlib_reader_gets_each_event_as_it_is_sent(setup, proxied):
     plain.close()
 
 
-def test_a_stream_the_service_ends_ends_as_a_whole_gzip_stream(start_service, project):
+def test_a_stream_the_service_ends_ends_as_a_whole_gzip_stream(start_service, slug):
     service = start_service()
-    stream = EventStream(service.port, f"/api/public/{project}/status/stream",
+    stream = EventStream(service.port, f"/api/public/{slug}/status/stream",
                          headers={"Accept-Encoding": "gzip"})
     stream.next_event("status_update")
     service.process.send_signal(signal.SIGTERM)
@@ -130,10 +130,10 @@ def test_curl_compressed_gets_each_event_as_it_is_sent(setup, proxied):
     assert all(delay < 0.5 for delay in delays.values()), delays
 
 
-def test_curl_compressed_reads_a_stream_to_its_valid_end(start_service, project):
+def test_curl_compressed_reads_a_stream_to_its_valid_end(start_service, slug):
     service = start_service()
     process = subprocess.Popen(["curl", "-sS", "-N", "--compressed",
-                                f"{service.url}/api/public/{project}/status/stream"],
+                                f"{service.url}/api/public/{slug}/status/stream"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     lines_of(process, lines)

@@ -5,9 +5,7 @@ import logging
 import psycopg2
 import pytest
 
-from helpers import FakeClock, TcpProxy
 from public_service import (
-    PROJECT_SQL,
     Config,
     Database,
     DatabaseBusy,
@@ -15,27 +13,38 @@ from public_service import (
     Metrics,
     ProjectDirectory,
     SecretRedactor,
+    _connection_params,
 )
+from support import FakeClock, TcpProxy
 
 
-def directory_for(url, clock=None, bounds=None, **settings):
+def directory_for(url, clock=None, bounds=None, metrics=None, redactor=None, **settings):
+    """A ProjectDirectory on its own Database (returned too, to close), reporting to
+    `metrics` and `redactor` if the test wants to read them."""
     config = Config.from_env({"DATABASE_URL": url, "PROJECT_CACHE_TTL": "30", "DB_TIMEOUT": "2",
                               **settings})
     db = Database(config.database_url, config.db_pool_size, config.db_timeout)
     bounded = {"bounds": bounds} if bounds else {}
-    return ProjectDirectory(db, config, Metrics(), SecretRedactor(), clock or FakeClock(), **bounded), db
+    directory = ProjectDirectory(db, config, metrics or Metrics(), redactor or SecretRedactor(),
+                                 clock or FakeClock(), **bounded)
+    return directory, db
+
+
+def db_errors(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("public_status_db_errors_total")
 
 
 @pytest.fixture
 def cuttable(pg):
-    """`cuttable(bounds=None)`: a directory on a fake clock whose database a test can take
-    away and give back (`proxy.cut()`, `proxy.restore()`): (directory, proxy, clock)."""
+    """`cuttable(bounds=None, metrics=None)`: a directory on a fake clock whose database a
+    test can take away and give back (`proxy.cut()`, `proxy.restore()`): (directory,
+    proxy, clock)."""
     made = []
 
-    def make(bounds=None):
+    def make(bounds=None, metrics=None):
         proxy, clock = TcpProxy(5432), FakeClock()
         url = pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-        directory, db = directory_for(url, clock, bounds)
+        directory, db = directory_for(url, clock, bounds, metrics)
         made.append((db, proxy))
         return directory, proxy, clock
 
@@ -60,13 +69,33 @@ def test_the_role_has_only_select(pg):
     conn.close()
 
 
-def test_sessions_are_read_only(pg):
-    db = Database(pg.reader_url, 1, 2.0)
+def test_sessions_are_read_only_bounded_and_named(pg):
+    db = Database(pg.reader_url, 1, 2.5)
     assert db.fetch_one("SHOW default_transaction_read_only") == ("on",)
-    assert db.fetch_one("SHOW statement_timeout") == ("2s",)
+    assert db.fetch_one("SHOW statement_timeout") == ("2500ms",)
+    assert db.fetch_one("SHOW idle_in_transaction_session_timeout") == ("2500ms",)
+    assert db.fetch_one("SHOW application_name") == ("public-status",)
     with pytest.raises(DatabaseUnavailable):
         db.fetch_one("CREATE TEMP TABLE t (x int)")
     db.close()
+
+
+def test_the_urls_own_application_name_is_kept(pg):
+    db = Database(pg.reader_url + "?application_name=mine", 1, 2.0)
+    assert db.fetch_one("SHOW application_name") == ("mine",)
+    db.close()
+
+
+def test_what_no_session_shows_connecting_and_keepalives():
+    """The client side of a connection, which no SHOW tells: a connect timeout of the
+    query's (rounded up, at least 2 s) and TCP keepalives."""
+    params = _connection_params("postgresql://u@h/db?options=-c%20x%3D1", 2.5)
+    assert params["options"] == ("-c x=1 -c default_transaction_read_only=on "
+                                 "-c statement_timeout=2500 -c idle_in_transaction_session_timeout=2500")
+    assert (params["connect_timeout"], params["application_name"]) == (3, "public-status")
+    assert (params["keepalives"], params["keepalives_idle"], params["keepalives_interval"],
+            params["keepalives_count"]) == (1, 10, 5, 3)
+    assert _connection_params("postgresql://h/db", 0.5)["connect_timeout"] == 2
 
 
 def test_known_project(pg, directory):
@@ -147,13 +176,9 @@ def test_unreachable_database(pg):
     db.close()
 
 
-def test_the_query_is_a_plain_select():
-    assert PROJECT_SQL.strip().upper().startswith("SELECT")
-    assert "%s" in PROJECT_SQL and "format(" not in PROJECT_SQL
-
-
 def test_known_projects_outlive_a_database_outage(pg, cuttable):
-    directory, proxy, clock = cuttable()
+    metrics = Metrics()
+    directory, proxy, clock = cuttable(metrics=metrics)
     known = pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
     unknown = pg.unique_slug()
     other = pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
@@ -167,7 +192,7 @@ def test_known_projects_outlive_a_database_outage(pg, cuttable):
         directory.get(other)                          # never seen
     with pytest.raises(DatabaseUnavailable):
         directory.get(unknown)                        # an expired "no such project" is not trusted
-    assert directory._metrics.db_errors._value.get() == 1   # within a second: not asked again
+    assert db_errors(metrics) == 1                    # within a second: not asked again
 
     proxy.restore()
     clock.now += 1
@@ -216,11 +241,14 @@ def test_an_outage_and_a_recovery_are_each_logged_once(pg, cuttable, caplog):
     assert sum("database reachable again" in m for m in messages) == 1
 
 
-def test_a_projects_credentials_are_redacted_as_soon_as_it_is_looked_up(pg, directory):
+def test_a_projects_credentials_are_redacted_as_soon_as_it_is_looked_up(pg):
+    redactor = SecretRedactor()
+    directory, db = directory_for(pg.reader_url, redactor=redactor)
     slug = pg.add_project(pg.unique_slug(), base_url="https://c.example.com", auth_type="bearer",
                           credentials={"token": "looked-up-Tq1"})
     directory.get(slug)
-    assert directory._redactor.redact("sent looked-up-Tq1") == "sent ***"
+    assert redactor.redact("sent looked-up-Tq1") == "sent ***"
+    db.close()
 
 
 def test_an_unusable_config_is_logged_once_until_it_changes(pg, caplog):
@@ -310,11 +338,12 @@ def test_a_row_looked_up_again_is_the_most_recently_used(pg, cuttable):
 
 
 def test_waiting_for_a_pooled_connection_is_busy_and_nothing_is_remembered(pg):
-    directory, db = directory_for(pg.reader_url, DB_POOL_SIZE="1", DB_TIMEOUT="0.2")
+    metrics = Metrics()
+    directory, db = directory_for(pg.reader_url, metrics=metrics, DB_POOL_SIZE="1", DB_TIMEOUT="0.2")
     slug = pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
     with db._pool.connection():                        # the one connection, in use
         with pytest.raises(DatabaseBusy):
             directory.get(slug)
     assert directory.get(slug).slug == slug            # not taken for an unknown slug
-    assert directory._metrics.db_errors._value.get() == 0
+    assert db_errors(metrics) == 0
     db.close()

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 import requests
 
-from helpers import ROOT, free_port, wait_for
+from support import ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -40,10 +40,12 @@ def test_the_demo_prints_its_database_url_and_demo_clean_removes_what_it_left():
         [printed] = [line.split("DATABASE_URL=", 1)[1].split()[0] for line in lines if "DATABASE_URL=" in line]
         assert printed == f"postgresql://{names['DEMO_ROLE']}@127.0.0.1:5432/{names['DEMO_DATABASE']}"
         with psycopg2.connect(printed) as conn, conn.cursor() as cursor:   # the role it names
-            cursor.execute("SELECT count(*) FROM projects")
-            assert cursor.fetchone()[0] == 1
-        answer = requests.get(f"http://127.0.0.1:{port}/api/public/harbour-view/status", timeout=10)
-        assert answer.status_code == 200 and answer.json()["count"] == 240
+            cursor.execute("SELECT slug FROM projects ORDER BY slug")
+            assert cursor.fetchall() == [("harbour-view",), ("marina-point",)]
+        for slug, count in (("harbour-view", 240), ("marina-point", 48)):
+            answer = requests.get(f"http://127.0.0.1:{port}/api/public/{slug}/status", timeout=10)
+            assert answer.status_code == 200 and answer.json()["count"] == count
+        assert any("/?project=harbour-view,marina-point" in line for line in lines)
     finally:
         demo.send_signal(signal.SIGTERM)
         demo.wait(30)

@@ -1,7 +1,7 @@
 """The Dockerfile: clean under hadolint, and its image built and run by a real engine.
 
 No image registry is reachable here and podman cannot start a container (its OCI runtime
-is refused the rlimits it sets: README, Deploying), but buildah builds and runs images
+is refused the rlimits it sets: docs/deploying.md), but buildah builds and runs images
 with `--isolation chroot`, which needs no OCI runtime. The base image cannot be pulled,
 so unless the machine holds it, `scripts/stand-in-base.sh` makes one from Debian's own
 Python 3.11 (`buildah bud --from` puts it in the FROM line's place). Everything else is
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import ROOT, free_port, wait_for
+from support import ROOT, free_port, wait_for
 
 HADOLINT = Path(sys.executable).parent / "hadolint"
 BASE = "python:3.11-slim-bookworm"      # the Dockerfile's FROM
@@ -61,6 +61,7 @@ def image():
     buildah("rmi", name)
 
 
+@pytest.mark.e2e
 def test_the_image_runs_the_procfile_as_an_unprivileged_user_with_a_healthcheck(image):
     _, config = image
     uid, _, gid = config["User"].partition(":")

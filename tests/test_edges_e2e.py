@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import EventStream, metric, wait_for
+from support import EventStream, metric, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -166,10 +166,10 @@ def test_a_declared_large_body_is_refused_unread(any_worker):
     assert answer.startswith(b"HTTP/1.1 413"), answer[:120]
 
 
-def test_an_endless_chunked_body_is_not_read_forever(start_service, project):
+def test_an_endless_chunked_body_is_not_read_forever(start_service, slug):
     service = start_service()
     sock = connect(service)
-    sock.sendall(f"POST /api/public/{project}/status/refresh HTTP/1.1\r\nHost: x\r\n"
+    sock.sendall(f"POST /api/public/{slug}/status/refresh HTTP/1.1\r\nHost: x\r\n"
                  "Transfer-Encoding: chunked\r\n\r\n".encode())
     sent = 0
     chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"
@@ -184,8 +184,8 @@ def test_an_endless_chunked_body_is_not_read_forever(start_service, project):
     assert healthz_seconds(service) < 1.0
 
 
-def test_head_on_the_stream_leaves_the_connection_usable(any_worker, project):
-    answer = exchange(any_worker, f"HEAD /api/public/{project}/status/stream HTTP/1.1\r\n"
+def test_head_on_the_stream_leaves_the_connection_usable(any_worker, slug):
+    answer = exchange(any_worker, f"HEAD /api/public/{slug}/status/stream HTTP/1.1\r\n"
                                   "Host: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n"
                                   "Connection: close\r\n\r\n".encode())
     head, rest = answer.split(b"\r\n\r\n", 1)
@@ -227,7 +227,7 @@ def _start(selector, service, path):
     selector.register(sock, selectors.EVENT_READ, b"")
 
 
-def test_a_flood_of_unknown_slugs_is_no_database_outage(start_service, project):
+def test_a_flood_of_unknown_slugs_is_no_database_outage(start_service, slug):
     """3,000 made-up slugs at once, through one pooled connection with a 0.5 s timeout:
     most lookups wait for the connection longer than that. Waiting is a crowd, not an
     outage: "service busy" for some, 404 for the rest, no database error, no outage
@@ -235,7 +235,7 @@ def test_a_flood_of_unknown_slugs_is_no_database_outage(start_service, project):
     every 0.2 s, and a lookup of it waits once for a connection at most (then the cached
     row serves), so no answer of it takes longer than the flood itself and one wait."""
     service = start_service(DB_POOL_SIZE="1", DB_TIMEOUT="0.5")
-    known = f"{service.url}/api/public/{project}/status"
+    known = f"{service.url}/api/public/{slug}/status"
     assert requests.get(known, timeout=5).status_code == 200
     worst, known_statuses, stop = [0.0], [], threading.Event()
 
@@ -320,7 +320,7 @@ def test_an_unusable_config_is_503_and_a_stream_sent_away_never_500(live_edges, 
 @pytest.fixture(scope="module")
 def live_edges(pg):
     from conftest import FAST
-    from helpers import Service
+    from support import Service
 
     service = Service({"DATABASE_URL": pg.reader_url, **FAST})
     yield service
@@ -380,13 +380,13 @@ def test_an_unchanged_large_document_costs_no_parse(start_service, pg, upstream)
     stream.close()
 
 
-def test_a_large_document_being_parsed_does_not_hold_the_worker(start_service, pg, upstream, project):
+def test_a_large_document_being_parsed_does_not_hold_the_worker(start_service, pg, upstream, slug):
     service = start_service()
     large = pg.add_project(pg.unique_slug("large"), base_url=upstream.url)
     upstream.set_statuses(f"/{large}", {f"U{n:06d}": "open" for n in range(200_000)})
     fetch = threading.Thread(target=requests.get, args=(f"{service.url}/api/public/{large}/status",),
                              kwargs={"timeout": 30})
-    warm = f"{service.url}/api/public/{project}/status"
+    warm = f"{service.url}/api/public/{slug}/status"
     requests.get(warm, timeout=5)
     fetch.start()
     wait_for(lambda: upstream.count(f"/{large}") == 1)

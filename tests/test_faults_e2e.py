@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from conftest import FAST, READER_PASSWORD
-from helpers import EventStream, Service, TcpProxy, metric, wait_for
+from support import EventStream, Service, TcpProxy, metric, wait_for
 
 pytestmark = pytest.mark.e2e
 

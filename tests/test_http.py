@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-import public_service
+from public_service import json_error
 
 UNREACHABLE_DB = "postgresql://nobody:db-pass-Kq2@127.0.0.1:1/none"
 
@@ -16,6 +16,12 @@ UNREACHABLE_DB = "postgresql://nobody:db-pass-Kq2@127.0.0.1:1/none"
 def assert_public_headers(response):
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def hits(app) -> float:
+    """Warm GETs so far: the cache's hits, as /metrics shows them."""
+    registry = app.extensions["public_status"].metrics.registry
+    return registry.get_sample_value("public_status_cache_total", {"result": "hit"})
 
 
 def assert_json_error(response, status):
@@ -26,20 +32,20 @@ def assert_json_error(response, status):
     assert_public_headers(response)
 
 
-def test_get_status(client, project):
-    response = client.get(f"/api/public/{project}/status")
+def test_get_status(client, slug):
+    response = client.get(f"/api/public/{slug}/status")
     assert response.status_code == 200
     assert response.content_type == "application/json"
     assert response.get_json() == {
-        "project": project,
+        "project": slug,
         "statuses": {"A101": "available", "A102": "reserved", "A103": "sold"},
         "count": 3,
     }
     assert_public_headers(response)
 
 
-def test_head_status(client, project):
-    response = client.head(f"/api/public/{project}/status")
+def test_head_status(client, slug):
+    response = client.head(f"/api/public/{slug}/status")
     assert response.status_code == 200
     assert response.data == b""
 
@@ -65,17 +71,16 @@ BAD_SLUGS = [
 
 
 @pytest.fixture
-def offline_client():
-    """The app with a database that never answers."""
-    app = public_service.create_app({"DATABASE_URL": UNREACHABLE_DB, "DB_TIMEOUT": "1"})
-    return app.test_client()
+def offline_client(make_app):
+    """Flask's test client of an app whose database never answers."""
+    return make_app({"DATABASE_URL": UNREACHABLE_DB, "DB_TIMEOUT": "1"}).test_client()
 
 
-@pytest.mark.parametrize("slug", BAD_SLUGS)
+@pytest.mark.parametrize("bad_slug", BAD_SLUGS)
 @pytest.mark.parametrize("route", ["status", "status/stream", "status/refresh"])
-def test_malformed_slugs_are_404_without_touching_the_database(offline_client, slug, route):
+def test_malformed_slugs_are_404_without_touching_the_database(offline_client, bad_slug, route):
     method = offline_client.post if route.endswith("refresh") else offline_client.get
-    assert_json_error(method(f"/api/public/{slug}/{route}"), 404)
+    assert_json_error(method(f"/api/public/{bad_slug}/{route}"), 404)
 
 
 def test_the_longest_valid_slug_reaches_the_database(offline_client):
@@ -108,9 +113,9 @@ def test_stream_while_the_database_is_down_says_come_back(offline_client):
     "/api/public/{slug}",
     "/api/public/",
 ])
-def test_never_a_redirect_whatever_the_slashes(client, project, path):
+def test_never_a_redirect_whatever_the_slashes(client, slug, path):
     for method in (client.get, client.post):
-        response = method(path.format(slug=project))
+        response = method(path.format(slug=slug))
         assert not 300 <= response.status_code < 400
         assert "Location" not in response.headers
         assert response.status_code in (404, 405)
@@ -124,8 +129,8 @@ def test_never_a_redirect_whatever_the_slashes(client, project, path):
     ("get", "status/refresh", "POST"),
     ("patch", "status/refresh", "POST"),
 ])
-def test_wrong_methods_are_405_json(client, project, method, route, allowed):
-    response = getattr(client, method)(f"/api/public/{project}/{route}")
+def test_wrong_methods_are_405_json(client, slug, method, route, allowed):
+    response = getattr(client, method)(f"/api/public/{slug}/{route}")
     assert_json_error(response, 405)
     assert allowed in response.headers["Allow"]
 
@@ -140,26 +145,33 @@ def test_no_snapshot_yet_is_503_with_retry_after(client, pg, upstream):
     assert "127.0.0.1" not in text and "500" not in text and "client.example" not in text
 
 
-def test_refresh_returns_the_body_then_429(client, project):
-    first = client.post(f"/api/public/{project}/status/refresh")
+def test_refresh_returns_the_body_then_429(client, slug):
+    first = client.post(f"/api/public/{slug}/status/refresh")
     assert first.status_code == 200
     assert first.get_json()["count"] == 3
     assert_public_headers(first)
-    second = client.post(f"/api/public/{project}/status/refresh")
+    second = client.post(f"/api/public/{slug}/status/refresh")
     assert_json_error(second, 429)
     assert second.headers["Retry-After"] == "1"
 
 
-def test_stream_starts_with_connected_and_its_headers(client, project):
-    response = client.get(f"/api/public/{project}/status/stream", headers={"Last-Event-ID": "x-1"})
+def test_stream_starts_with_connected_and_its_headers(client, slug):
+    response = client.get(f"/api/public/{slug}/status/stream", headers={"Last-Event-ID": "x-1"})
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "text/event-stream"
     assert response.headers["X-Accel-Buffering"] == "no"
     assert_public_headers(response)
     first = next(response.response)
     assert first == (b'event: connected\nretry: 250\ndata: {"project": "%s", "resumed": false}\n\n'
-                     % project.encode())
+                     % slug.encode())
     response.close()
+
+
+@pytest.mark.parametrize(("seconds", "header"), [
+    (0.2, "1"), (1.0, "1"), (1.01, "2"), (5.2, "6"), (29.999, "30"), (30, "30")])
+def test_retry_after_rounds_up_to_whole_seconds_of_at_least_one(seconds, header):
+    assert json_error(503, "later", seconds).headers["Retry-After"] == header
+    assert "Retry-After" not in json_error(404, "not found").headers
 
 
 def test_health_and_readiness(client, offline_client):
@@ -177,93 +189,88 @@ def test_unknown_paths_are_json_404(client):
     assert json.loads(response.data) == {"error": "not found"}
 
 
-def test_metrics_are_prometheus_text(client, project):
-    client.get(f"/api/public/{project}/status")
-    client.get(f"/api/public/{project}/status")
+def test_metrics_are_prometheus_text(client, slug):
+    client.get(f"/api/public/{slug}/status")
+    client.get(f"/api/public/{slug}/status")
     text = client.get("/metrics").get_data(as_text=True)
     assert 'public_status_cache_total{result="hit"} 1.0' in text
     assert 'public_status_cache_total{result="miss"} 1.0' in text
     assert 'public_status_upstream_requests_total{outcome="ok"} 1.0' in text
     assert "public_status_open_streams 0.0" in text
-    assert project not in text
+    assert slug not in text
 
 
-def test_the_warm_fast_path_answers_exactly_as_flask_does(app, client, project):
-    slow = client.get(f"/api/public/{project}/status")      # a miss: Flask's own path
-    hits = app.extensions["public_status"].metrics.cache_hits
-    before = hits._value.get()
-    fast = client.get(f"/api/public/{project}/status?x=1")  # warm: the fast path
-    assert hits._value.get() == before + 1
+def test_the_warm_fast_path_answers_exactly_as_flask_does(app, client, slug):
+    slow = client.get(f"/api/public/{slug}/status")      # a miss: Flask's own path
+    before = hits(app)
+    fast = client.get(f"/api/public/{slug}/status?x=1")  # warm: the fast path
+    assert hits(app) == before + 1
     assert fast.status_code == slow.status_code == 200
     assert fast.data == slow.data
     assert list(fast.headers.items()) == list(slow.headers.items())
 
 
-def test_the_fast_path_leaves_everything_else_to_flask(client, project):
-    client.get(f"/api/public/{project}/status")
-    assert client.head(f"/api/public/{project}/status").data == b""
-    assert client.post(f"/api/public/{project}/status").status_code == 405
-    assert client.get(f"/api/public/{project}x/status").status_code == 404
-    assert client.get(f"/api/public/a/{project}/status").status_code == 404
+def test_the_fast_path_leaves_everything_else_to_flask(client, slug):
+    client.get(f"/api/public/{slug}/status")
+    assert client.head(f"/api/public/{slug}/status").data == b""
+    assert client.post(f"/api/public/{slug}/status").status_code == 405
+    assert client.get(f"/api/public/{slug}x/status").status_code == 404
+    assert client.get(f"/api/public/a/{slug}/status").status_code == 404
 
 
-def test_a_configured_origin_is_on_every_answer_the_fast_path_included(pg, project):
+def test_a_configured_origin_is_on_every_answer_the_fast_path_included(make_app, pg, slug):
     origin = "https://board.example.com"
-    app = public_service.create_app({"DATABASE_URL": pg.reader_url, "CORS_ALLOW_ORIGIN": origin})
+    app = make_app({"DATABASE_URL": pg.reader_url, "CORS_ALLOW_ORIGIN": origin})
     client = app.test_client()
-    hits = app.extensions["public_status"].metrics.cache_hits
-    slow = client.get(f"/api/public/{project}/status")
-    fast = client.get(f"/api/public/{project}/status")
-    assert hits._value.get() == 1                            # the second one took the fast path
+    slow = client.get(f"/api/public/{slug}/status")
+    fast = client.get(f"/api/public/{slug}/status")
+    assert hits(app) == 1                                    # the second one took the fast path
     answers = [slow, fast, client.get("/api/public/no-such-project/status"),
-               client.post(f"/api/public/{project}/status/refresh"), client.get("/metrics")]
+               client.post(f"/api/public/{slug}/status/refresh"), client.get("/metrics")]
     for answer in answers:
         assert answer.headers["Access-Control-Allow-Origin"] == origin
     assert list(fast.headers.items()) == list(slow.headers.items())
 
 
-def test_a_password_in_redis_url_is_redacted(pg, capfd):
+def test_a_password_in_redis_url_is_redacted(make_app, pg, capfd):
     password = "redis-pw-Vq93Lk"
-    app = public_service.create_app({"DATABASE_URL": pg.reader_url, "LOG_FORMAT": "json",
-                                     "REDIS_URL": f"redis://:{password}@127.0.0.1:1/0"})
+    app = make_app({"DATABASE_URL": pg.reader_url, "LOG_FORMAT": "json",
+                    "REDIS_URL": f"redis://:{password}@127.0.0.1:1/0"})
     public = app.extensions["public_status"]
-    try:
-        logging.getLogger("redis.connection").warning("connecting to %s", public.config.redis_url)
-        err = capfd.readouterr().err
-        assert password not in err and "redis://:***@127.0.0.1:1/0" in err
-        assert password not in repr(public.config) and password not in repr(public.store)
-    finally:
-        public.shutdown()
+    logging.getLogger("redis.connection").warning("connecting to %s", public.config.redis_url)
+    err = capfd.readouterr().err
+    assert password not in err and "redis://:***@127.0.0.1:1/0" in err
+    assert password not in repr(public.config) and password not in repr(public.store)
 
 
-def test_a_warm_get_never_reaches_flask_and_anything_else_does(app, client, project):
+def test_a_warm_get_never_reaches_flask_and_anything_else_does(app, client, slug):
     dispatched = []
     app.before_request(lambda: dispatched.append(1))
-    client.get(f"/api/public/{project}/status")              # a miss: Flask's path
+    client.get(f"/api/public/{slug}/status")              # a miss: Flask's path
     assert dispatched == [1]
-    fast = client.get(f"/api/public/{project}/status")
+    fast = client.get(f"/api/public/{slug}/status")
     assert dispatched == [1] and fast.status == "200 OK"
-    client.head(f"/api/public/{project}/status")
-    client.get(f"/api/public/{project}/status", headers={"Content-Length": "3"}, data=b"abc")
+    client.head(f"/api/public/{slug}/status")
+    client.get(f"/api/public/{slug}/status", headers={"Content-Length": "3"}, data=b"abc")
     assert len(dispatched) == 3                               # a HEAD, a body: Flask's path
-    client.get(f"/api/public/{project}/status", environ_overrides={"CONTENT_LENGTH": "0"})
+    client.get(f"/api/public/{slug}/status", environ_overrides={"CONTENT_LENGTH": "0"})
     assert len(dispatched) == 3                               # an empty body is none
-    client.get(f"/api/public/{project}/status", environ_overrides={"HTTP_TRANSFER_ENCODING": "chunked"})
+    client.get(f"/api/public/{slug}/status", environ_overrides={"HTTP_TRANSFER_ENCODING": "chunked"})
     assert len(dispatched) == 4
 
 
-def test_a_request_that_sent_a_body_closes_its_connection(client, project):
+def test_a_request_that_sent_a_body_closes_its_connection(client, slug):
     """No route reads a body: a connection that sent one may hold more of it, unread."""
-    plain = client.get(f"/api/public/{project}/status")
+    plain = client.get(f"/api/public/{slug}/status")
     assert "Connection" not in plain.headers
-    declared = client.post(f"/api/public/{project}/status/refresh", data=b"abc")
-    chunked = client.get(f"/api/public/{project}/status", headers={"Transfer-Encoding": "chunked"},
+    declared = client.post(f"/api/public/{slug}/status/refresh", data=b"abc")
+    chunked = client.get(f"/api/public/{slug}/status", headers={"Transfer-Encoding": "chunked"},
                          input_stream=io.BytesIO(b"0\r\n\r\n"))
     assert declared.headers["Connection"] == chunked.headers["Connection"] == "close"
 
 
-def test_the_stream_gauges_move_in_process(client, project):
-    response = client.get(f"/api/public/{project}/status/stream")
+def test_the_stream_gauges_move_in_process(client, slug):
+    response = client.get(f"/api/public/{slug}/status/stream")
     next(response.response)                                   # `connected`: subscribed
     text = client.get("/metrics").get_data(as_text=True)
     assert "public_status_open_streams 1.0" in text
@@ -272,38 +279,37 @@ def test_the_stream_gauges_move_in_process(client, project):
     assert "public_status_open_streams 0.0" in client.get("/metrics").get_data(as_text=True)
 
 
-def test_every_answer_exposes_retry_after_to_scripts(client, project):
-    for answer in (client.get(f"/api/public/{project}/status"), client.get("/nothing")):
+def test_every_answer_exposes_retry_after_to_scripts(client, slug):
+    for answer in (client.get(f"/api/public/{slug}/status"), client.get("/nothing")):
         assert answer.headers["Access-Control-Expose-Headers"] == "Retry-After"
 
 
-def test_a_declared_body_over_the_limit_is_413(client, project):
-    answer = client.post(f"/api/public/{project}/status/refresh", data=b"x" * (16 * 1024 + 1))
+def test_a_declared_body_over_the_limit_is_413(client, slug):
+    answer = client.post(f"/api/public/{slug}/status/refresh", data=b"x" * (16 * 1024 + 1))
     assert_json_error(answer, 413)
     assert answer.get_json() == {"error": "request body too large"}
-    at_the_limit = client.post(f"/api/public/{project}/status/refresh", data=b"x" * (16 * 1024))
+    at_the_limit = client.post(f"/api/public/{slug}/status/refresh", data=b"x" * (16 * 1024))
     assert at_the_limit.status_code == 200
 
 
-def test_a_get_that_accepts_gzip_gets_the_snapshots_gzip_body(client, project):
-    url = f"/api/public/{project}/status"
+def test_a_get_that_accepts_gzip_gets_the_snapshots_gzip_body(client, slug):
+    url = f"/api/public/{slug}/status"
     plain = client.get(url)                                   # a miss: Flask's path
     packed = client.get(url, headers={"Accept-Encoding": "gzip, deflate, br"})
     assert (packed.headers["Content-Encoding"], packed.headers["Vary"],
             packed.headers["Cache-Control"]) == ("gzip", "Accept-Encoding", "no-store, no-transform")
     assert gzip.decompress(packed.data) == plain.data
     assert plain.headers["Vary"] == "Accept-Encoding" and "Content-Encoding" not in plain.headers
-    app_hits = client.application.extensions["public_status"].metrics.cache_hits._value.get()
-    assert app_hits >= 1
+    assert hits(client.application) >= 1
     refused = client.get(url, headers={"Accept-Encoding": "gzip;q=0, identity"})
     assert refused.data == plain.data and "Content-Encoding" not in refused.headers
     head = client.head(url, headers={"Accept-Encoding": "gzip"})
     assert head.headers["Content-Encoding"] == "gzip" and head.data == b""
 
 
-def test_the_fast_path_answers_gzip_exactly_as_flask_does(app, project):
+def test_the_fast_path_answers_gzip_exactly_as_flask_does(app, slug):
     slow_client, fast_client = app.test_client(), app.test_client()
-    url = f"/api/public/{project}/status"
+    url = f"/api/public/{slug}/status"
     dispatched = []
     app.before_request(lambda: dispatched.append(1))
     slow = slow_client.get(url, headers={"Accept-Encoding": "gzip"})   # a miss: Flask's path
@@ -312,25 +318,24 @@ def test_the_fast_path_answers_gzip_exactly_as_flask_does(app, project):
     assert fast.data == slow.data and list(fast.headers.items()) == list(slow.headers.items())
 
 
-def test_compression_off_restores_todays_answers_exactly(pg, project):
-    app = public_service.create_app({"DATABASE_URL": pg.reader_url, "COMPRESSION": "off"})
-    client = app.test_client()
-    url = f"/api/public/{project}/status"
+def test_compression_off_restores_todays_answers_exactly(make_app, pg, slug):
+    client = make_app({"DATABASE_URL": pg.reader_url, "COMPRESSION": "off"}).test_client()
+    url = f"/api/public/{slug}/status"
     for answer in (client.get(url, headers={"Accept-Encoding": "gzip"}),        # Flask's path
                    client.get(url, headers={"Accept-Encoding": "gzip"})):       # the fast path
         assert [name for name, _ in answer.headers] == [
             "Content-Type", "Content-Length", "Access-Control-Allow-Origin",
             "Access-Control-Expose-Headers", "Cache-Control"]
-        assert answer.get_json()["project"] == project
-    stream = client.get(f"/api/public/{project}/status/stream", headers={"Accept-Encoding": "gzip"})
+        assert answer.get_json()["project"] == slug
+    stream = client.get(f"/api/public/{slug}/status/stream", headers={"Accept-Encoding": "gzip"})
     assert "Vary" not in stream.headers and "Content-Encoding" not in stream.headers
     assert next(stream.response).startswith(b"event: connected")
     stream.close()
 
 
-def test_a_compressed_stream_is_one_gzip_stream_of_its_messages(client, project):
-    client.get(f"/api/public/{project}/status")               # a snapshot to begin with
-    response = client.get(f"/api/public/{project}/status/stream", headers={"Accept-Encoding": "gzip"})
+def test_a_compressed_stream_is_one_gzip_stream_of_its_messages(client, slug):
+    client.get(f"/api/public/{slug}/status")               # a snapshot to begin with
+    response = client.get(f"/api/public/{slug}/status/stream", headers={"Accept-Encoding": "gzip"})
     assert response.headers["Content-Encoding"] == "gzip"
     assert response.headers["Cache-Control"] == "no-store, no-transform"
     decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)

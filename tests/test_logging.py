@@ -99,9 +99,9 @@ def test_a_dict_argument_that_still_shows_a_secret_is_flattened(captured):
     assert lines == ["holding ***"]
 
 
-def test_the_app_redacts_the_database_password(pg, capfd):
+def test_the_app_redacts_the_database_password(make_app, pg, capfd):
     url = pg.reader_url
-    app = public_service.create_app({"DATABASE_URL": url, "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"})
+    app = make_app({"DATABASE_URL": url, "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"})
     logging.getLogger("urllib3.connectionpool").debug("connecting with %s", url)
     err = capfd.readouterr().err
     line = json.loads(err.strip().splitlines()[-1])

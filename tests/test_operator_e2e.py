@@ -6,7 +6,7 @@ import signal
 import pytest
 import requests
 
-from helpers import EventStream, RedisServer, metric, wait_for
+from support import EventStream, RedisServer, metric, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_pure import CARD_TABLE
+from test_normalization import CARD_TABLE
 
 from public_service import (
     STATUS_KEYS,

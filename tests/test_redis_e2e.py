@@ -13,7 +13,7 @@ import pytest
 import redis
 import requests
 
-from helpers import EventStream, RedisServer, metric, wait_for
+from support import EventStream, RedisServer, metric, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -92,7 +92,7 @@ def test_both_instances_see_a_change_and_the_api_is_polled_once(two, pg, upstrea
 
 
 def test_without_redis_each_instance_polls_on_its_own(start_service, pg, upstream):
-    """The comparison the README quotes: one instance, then two, without REDIS_URL."""
+    """The comparison docs/scaling.md quotes: one instance, then two, without REDIS_URL."""
     a = start_service()
     slug = pg.add_project(pg.unique_slug("alone"), base_url=upstream.url, interval=0.25)
     upstream.set_statuses(f"/{slug}", {"A1": "open"})

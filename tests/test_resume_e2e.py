@@ -9,8 +9,8 @@ import pytest
 import requests
 
 from conftest import FAST
-from helpers import EventStream, RedisServer, Service
 from public_service import parse_event_id
+from support import EventStream, RedisServer, Service
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from conftest import READER_PASSWORD
-from helpers import EventStream
+from support import EventStream
 
 pytestmark = pytest.mark.e2e
 

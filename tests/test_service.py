@@ -14,7 +14,6 @@ import gevent.socket
 import pytest
 
 import public_service
-from helpers import FakeClock, RedisServer
 from public_service import (
     Config,
     Database,
@@ -34,6 +33,7 @@ from public_service import (
     Wire,
     project_from_row,
 )
+from support import FakeClock, RedisServer
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def clock():
 
 
 @pytest.fixture
-def service(clock):
+def status_service(clock):
     config = Config.from_env({"DATABASE_URL": "unused", "STATUS_CACHE_TTL": "30",
                               "REFRESH_MIN_INTERVAL": "10"})
     store = LocalStore(on_change=lambda *change: None, clock=clock)
@@ -61,107 +61,112 @@ def project(upstream, request):
     return make_project(upstream, request)
 
 
-def cache_count(service, result):
-    return service.metrics.cache.labels(result)._value.get()
+def sample(status_service, name, **labels) -> float:
+    """One sample of the service's metrics, as /metrics shows it."""
+    return status_service.metrics.registry.get_sample_value(name, labels)
 
 
-def test_fresh_snapshots_are_served_from_cache(service, project, upstream, clock):
-    first = service.status(project)
+def cache_count(status_service, result):
+    return sample(status_service, "public_status_cache_total", result=result)
+
+
+def test_fresh_snapshots_are_served_from_cache(status_service, project, upstream, clock):
+    first = status_service.status(project)
     assert first.statuses == {"A1": "available", "A2": "reserved"}
     clock.now += 29.9
-    assert service.status(project) is first
+    assert status_service.status(project) is first
     assert upstream.count(f"/{project.slug}") == 1
-    assert (cache_count(service, "miss"), cache_count(service, "hit")) == (1, 1)
+    assert (cache_count(status_service, "miss"), cache_count(status_service, "hit")) == (1, 1)
 
 
-def test_an_expired_snapshot_is_fetched_again(service, project, upstream, clock):
-    service.status(project)
+def test_an_expired_snapshot_is_fetched_again(status_service, project, upstream, clock):
+    status_service.status(project)
     clock.now += 30
-    service.status(project)
+    status_service.status(project)
     assert upstream.count(f"/{project.slug}") == 2
 
 
-def test_the_version_moves_only_on_change(service, project, upstream, clock):
-    first = service.status(project)
+def test_the_version_moves_only_on_change(status_service, project, upstream, clock):
+    first = status_service.status(project)
     clock.now += 31
-    assert service.status(project).version == first.version
+    assert status_service.status(project).version == first.version
     upstream.set_statuses(f"/{project.slug}", {"A1": "sold", "A2": "held"})
     clock.now += 31
-    changed = service.status(project)
+    changed = status_service.status(project)
     assert changed.version == first.version + 1
     assert changed.statuses == {"A1": "sold", "A2": "reserved"}
 
 
-def test_the_last_good_snapshot_is_served_when_a_fetch_fails(service, project, upstream, clock):
-    good = service.status(project)
+def test_the_last_good_snapshot_is_served_when_a_fetch_fails(status_service, project, upstream, clock):
+    good = status_service.status(project)
     upstream.set(f"/{project.slug}", b"oops", status=500)
     clock.now += 31
-    assert service.status(project) is good
-    assert cache_count(service, "stale") == 1
+    assert status_service.status(project) is good
+    assert cache_count(status_service, "stale") == 1
 
 
-def test_after_a_failure_reads_do_not_refetch_at_once(service, project, upstream, clock):
-    service.status(project)
+def test_after_a_failure_reads_do_not_refetch_at_once(status_service, project, upstream, clock):
+    status_service.status(project)
     upstream.set(f"/{project.slug}", b"oops", status=500)
     clock.now += 31
-    service.status(project)
-    service.status(project)
+    status_service.status(project)
+    status_service.status(project)
     clock.now += 4.9          # the first backoff is at least one poll interval (5 s)
-    service.status(project)
+    status_service.status(project)
     assert upstream.count(f"/{project.slug}") == 2
     clock.now += 30           # and at most the cache TTL
-    service.status(project)
+    status_service.status(project)
     assert upstream.count(f"/{project.slug}") == 3
 
 
-def test_no_snapshot_ever_is_503_material(service, project, upstream, clock):
+def test_no_snapshot_ever_is_503_material(status_service, project, upstream, clock):
     upstream.set(f"/{project.slug}", b"not json")
     with pytest.raises(NoSnapshot) as raised:
-        service.status(project)
+        status_service.status(project)
     assert 5 <= raised.value.retry_after <= 10
     upstream.set_statuses(f"/{project.slug}", {"A1": "open"})
     clock.now += raised.value.retry_after
-    assert service.status(project).statuses == {"A1": "available"}
+    assert status_service.status(project).statuses == {"A1": "available"}
 
 
-def test_refresh_bypasses_the_cache(service, project, upstream, clock):
-    service.status(project)
+def test_refresh_bypasses_the_cache(status_service, project, upstream, clock):
+    status_service.status(project)
     upstream.set_statuses(f"/{project.slug}", {"A1": "closed"})
-    assert service.refresh(project).statuses == {"A1": "sold"}
+    assert status_service.refresh(project).statuses == {"A1": "sold"}
     assert upstream.count(f"/{project.slug}") == 2
 
 
-def test_refresh_is_rate_limited_per_project(service, project, upstream, clock):
-    service.refresh(project)
+def test_refresh_is_rate_limited_per_project(status_service, project, upstream, clock):
+    status_service.refresh(project)
     clock.now += 4
     with pytest.raises(RefreshLimited) as raised:
-        service.refresh(project)
+        status_service.refresh(project)
     assert raised.value.retry_after == pytest.approx(6)
-    assert service.metrics.refresh_limited._value.get() == 1
+    assert sample(status_service, "public_status_refresh_limited_total") == 1
     clock.now += 6
-    service.refresh(project)
+    status_service.refresh(project)
     assert upstream.count(f"/{project.slug}") == 2
 
 
-def test_a_failed_refresh_serves_the_last_good_snapshot(service, project, upstream, clock):
-    good = service.refresh(project)
+def test_a_failed_refresh_serves_the_last_good_snapshot(status_service, project, upstream, clock):
+    good = status_service.refresh(project)
     upstream.set(f"/{project.slug}", b"", status=502)
     clock.now += 10
-    assert service.refresh(project) is good
+    assert status_service.refresh(project) is good
 
 
-def test_failures_are_logged_once_per_streak(service, project, upstream, clock, caplog):
+def test_failures_are_logged_once_per_streak(status_service, project, upstream, clock, caplog):
     caplog.set_level(logging.WARNING, logger="public_service")
-    service.status(project)
+    status_service.status(project)
 
     def streak(failures):
         upstream.set(f"/{project.slug}", b"oops", status=500)
         for _ in range(failures):
             clock.now += 100
-            service.status(project)
+            status_service.status(project)
         upstream.set_statuses(f"/{project.slug}", {"A1": "open"})
         clock.now += 100
-        service.status(project)
+        status_service.status(project)
 
     streak(4)
     messages = [r.getMessage() for r in caplog.records]
@@ -173,31 +178,31 @@ def test_failures_are_logged_once_per_streak(service, project, upstream, clock, 
     assert sum("recovered after 2 failed fetches" in m for m in messages) == 1
 
 
-def test_the_stale_window_after_a_failure_is_bounded_by_the_cache_ttl(service, upstream, clock,
+def test_the_stale_window_after_a_failure_is_bounded_by_the_cache_ttl(status_service, upstream, clock,
                                                                       request):
     """A project polled every 100 s backs off for 100-200 s after a failure; a GET waits
     at most STATUS_CACHE_TTL (30 s) before it asks the client API again."""
     project = make_project(upstream, request, interval=100)
-    good = service.status(project)
+    good = status_service.status(project)
     upstream.set(f"/{project.slug}", b"oops", status=500)
     clock.now += 30
-    assert service.status(project) is good                  # the failed fetch: stale
+    assert status_service.status(project) is good                  # the failed fetch: stale
     clock.now += 29.9
-    assert service.status(project) is good
+    assert status_service.status(project) is good
     assert upstream.count(f"/{project.slug}") == 2
     clock.now += 0.1
     upstream.set_statuses(f"/{project.slug}", {"A1": "closed"})
-    assert service.status(project).statuses == {"A1": "sold"}
+    assert status_service.status(project).statuses == {"A1": "sold"}
     assert upstream.count(f"/{project.slug}") == 3
 
 
-def test_no_snapshot_says_exactly_when_to_try_again(service, project, upstream, clock):
+def test_no_snapshot_says_exactly_when_to_try_again(status_service, project, upstream, clock):
     upstream.set(f"/{project.slug}", b"oops", status=500)
     with pytest.raises(NoSnapshot) as raised:
-        service.status(project)
+        status_service.status(project)
     clock.now += 1.5
     with pytest.raises(NoSnapshot) as again:
-        service.status(project)                              # not fetched again meanwhile
+        status_service.status(project)                              # not fetched again meanwhile
     assert again.value.retry_after == pytest.approx(raised.value.retry_after - 1.5)
     assert upstream.count(f"/{project.slug}") == 1
 
@@ -206,7 +211,7 @@ def test_no_snapshot_says_exactly_when_to_try_again(service, project, upstream, 
 
 @pytest.fixture
 def poller(pg, upstream, clock):
-    """A service whose poller sleeps on the fake clock: `poller.run_until(predicate)` lets
+    """A status_service whose poller sleeps on the fake clock: `poller.run_until(predicate)` lets
     it go until the predicate holds; `poller.sleeps` lists every wait it took."""
     config = Config.from_env({"DATABASE_URL": pg.reader_url, "STATUS_CACHE_TTL": "30",
                               "PROJECT_CACHE_TTL": "30", "DEFAULT_POLL_INTERVAL": "5"})
@@ -221,13 +226,13 @@ def poller(pg, upstream, clock):
         gevent.sleep(0)
 
     store = LocalStore(on_change=lambda *change: None, clock=clock)
-    service = StatusService(config, directory, UpstreamClient(config.max_upstream_bytes), store,
+    status_service = StatusService(config, directory, UpstreamClient(config.max_upstream_bytes), store,
                             metrics, clock, sleep)
     greenlets = []
 
     class Poller:
         def start(self, slug):
-            greenlets.append(gevent.spawn(service.poll, slug))
+            greenlets.append(gevent.spawn(status_service.poll, slug))
             return greenlets[-1]
 
         def run_until(self, predicate, steps=10_000):
@@ -238,7 +243,7 @@ def poller(pg, upstream, clock):
             raise AssertionError("the poller never got there")
 
     runner = Poller()
-    runner.sleeps, runner.service = sleeps, service
+    runner.sleeps, runner.status_service = sleeps, status_service
     yield runner
     gevent.killall(greenlets)
     db.close()
@@ -288,75 +293,74 @@ def test_the_poller_returns_when_the_project_is_gone(poller, pg, upstream, caplo
 
 
 @pytest.mark.parametrize("body", [b"<html>", b"", b'"open"', b'[{"unit": "A1"}]'])
-def test_a_body_that_is_no_status_document_is_a_failed_fetch(service, project, upstream, body):
+def test_a_body_that_is_no_status_document_is_a_failed_fetch(status_service, project, upstream, body):
     upstream.set(f"/{project.slug}", body)
     with pytest.raises(NoSnapshot):
-        service.status(project)
-    assert service.metrics.upstream_requests.labels("bad_body")._value.get() == 1
+        status_service.status(project)
+    assert sample(status_service, "public_status_upstream_requests_total", outcome="bad_body") == 1
 
 
-def test_an_unchanged_body_is_not_parsed_again(service, project, upstream, clock, monkeypatch):
+def test_an_unchanged_body_is_not_parsed_again(status_service, project, upstream, clock, monkeypatch):
     """Counting calls of the parser (which still runs): the same bytes are not parsed."""
     parses = []
     parse = public_service.parse_statuses
     monkeypatch.setattr(public_service, "parse_statuses", lambda *args: parses.append(1) or parse(*args))
-    first = service.status(project)
+    first = status_service.status(project)
     clock.now += 31
-    assert service.status(project) is first               # fetched again, the same bytes
+    assert status_service.status(project) is first               # fetched again, the same bytes
     assert upstream.count(f"/{project.slug}") == 2 and len(parses) == 1
     upstream.set_statuses(f"/{project.slug}", {"A1": "open", "A2": "closed"})
     clock.now += 31
-    assert service.status(project).statuses["A2"] == "sold"
+    assert status_service.status(project).statuses["A2"] == "sold"
     assert len(parses) == 2
 
 
-def test_unknown_values_are_logged_once_per_project_and_value(service, project, upstream, clock, caplog):
+def test_unknown_values_are_logged_once_per_project_and_value(status_service, project, upstream, clock, caplog):
     caplog.set_level(logging.WARNING, logger="public_service")
     upstream.set_statuses(f"/{project.slug}", {"A1": "weird", "A2": "weird", "A3": "odd"})
-    assert service.status(project).statuses == {"A1": "hidden", "A2": "hidden", "A3": "hidden"}
+    assert status_service.status(project).statuses == {"A1": "hidden", "A2": "hidden", "A3": "hidden"}
     clock.now += 31
-    service.status(project)
+    status_service.status(project)
     unknown = [r.getMessage() for r in caplog.records if "unknown status" in r.getMessage()]
     assert len(unknown) == 2
     assert any("'weird'" in m for m in unknown) and any("'odd'" in m for m in unknown)
 
 
-def test_the_first_failure_is_told_at_once_with_what_is_served(service, project, upstream, clock, caplog):
+def test_the_first_failure_is_told_at_once_with_what_is_served(status_service, project, upstream, clock, caplog):
     caplog.set_level(logging.WARNING, logger="public_service")
     upstream.set(f"/{project.slug}", b"oops", status=500)
     with pytest.raises(NoSnapshot):
-        service.status(project)
+        status_service.status(project)
     [record] = [r for r in caplog.records if "fetch failed" in r.getMessage()]
     assert record.getMessage().endswith("(http_error: HTTP 500); serving 503 (no snapshot yet)")
     assert 0 <= record.duration < 5                          # how long the failed fetch took
     upstream.set_statuses(f"/{project.slug}", {"A1": "open"})
     clock.now += 31
-    service.status(project)
+    status_service.status(project)
     upstream.set(f"/{project.slug}", b"oops", status=500)
     clock.now += 31
-    service.status(project)
+    status_service.status(project)
     assert [r.getMessage() for r in caplog.records if "fetch failed" in r.getMessage()][-1].endswith(
         "serving the last good snapshot")
 
 
-def test_every_fetch_is_counted_by_outcome_and_timed(service, project, upstream, clock):
+def test_every_fetch_is_counted_by_outcome_and_timed(status_service, project, upstream, clock):
     def count(outcome):
-        return service.metrics.upstream_requests.labels(outcome)._value.get()
+        return sample(status_service, "public_status_upstream_requests_total", outcome=outcome)
 
-    service.status(project)
+    status_service.status(project)
     upstream.set(f"/{project.slug}", b"", status=502)
     clock.now += 31
-    service.status(project)
+    status_service.status(project)
     assert (count("ok"), count("http_error")) == (1, 1)
-    samples = {s.name: s.value for s in service.metrics.upstream_seconds.collect()[0].samples}
-    assert samples["public_status_upstream_seconds_count"] == 2
-    assert 0 <= samples["public_status_upstream_seconds_sum"] < 5
+    assert sample(status_service, "public_status_upstream_seconds_count") == 2
+    assert 0 <= sample(status_service, "public_status_upstream_seconds_sum") < 5
 
 
-def test_at_most_a_hundred_unknown_values_are_logged_per_project(service, project, upstream, caplog):
+def test_at_most_a_hundred_unknown_values_are_logged_per_project(status_service, project, upstream, caplog):
     caplog.set_level(logging.WARNING, logger="public_service")
     upstream.set_statuses(f"/{project.slug}", {f"A{n}": f"odd-{n}" for n in range(101)})
-    service.status(project)
+    status_service.status(project)
     assert sum("unknown status value" in r.getMessage() for r in caplog.records) == 100
 
 
@@ -390,8 +394,8 @@ def test_a_successful_refresh_ends_the_pollers_backoff(poller, pg, upstream):
     poller.run_until(lambda: upstream.count(f"/{slug}") == 4)   # three backoffs: 20-40 s next
     running.kill()
     upstream.set_statuses(f"/{slug}", {"A1": "open"})
-    project = poller.service.directory.get(slug)
-    poller.service.refresh(project)
+    project = poller.status_service.directory.get(slug)
+    poller.status_service.refresh(project)
     poller.sleeps.clear()
     poller.start(slug)
     poller.run_until(lambda: upstream.count(f"/{slug}") == 6)
@@ -403,13 +407,13 @@ def test_any_successful_fetch_ends_the_backoff_at_once(poller, pg, upstream, clo
     succeeds 10 s later brings it back to one interval from then."""
     slug = pg.add_project(pg.unique_slug("poll"), base_url=upstream.url, interval=5)
     upstream.set(f"/{slug}", b"", status=503)
-    project = poller.service.directory.get(slug)
+    project = poller.status_service.directory.get(slug)
     for _ in range(3):
         with pytest.raises(NoSnapshot):
-            poller.service.refresh(project)
+            poller.status_service.refresh(project)
         clock.now += 10
     upstream.set_statuses(f"/{slug}", {"A1": "open"})
-    poller.service.refresh(project)
+    poller.status_service.refresh(project)
     poller.start(slug)
     poller.run_until(lambda: upstream.count(f"/{slug}") == 5)
     assert poller.sleeps == [5.0]

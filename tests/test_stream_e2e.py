@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from helpers import EventStream, metric, wait_for
 from public_service import parse_event_id
+from support import EventStream, metric, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 def live(pg):
     """One service for the tests of this module that do not count worker-wide figures."""
     from conftest import FAST
-    from helpers import Service
+    from support import Service
 
     service = Service({"DATABASE_URL": pg.reader_url, **FAST})
     yield service
@@ -45,8 +45,8 @@ def watch_new_project(service, pg, upstream, statuses, **columns):
     return slug, stream
 
 
-def test_stream_headers_as_received_on_the_wire(live, project):
-    stream = open_stream(live, project)
+def test_stream_headers_as_received_on_the_wire(live, slug):
+    stream = open_stream(live, slug)
     assert stream.status_line == "HTTP/1.1 200 OK"
     assert stream.headers["content-type"] == "text/event-stream"
     assert stream.headers["cache-control"] == "no-store"
@@ -58,8 +58,8 @@ def test_stream_headers_as_received_on_the_wire(live, project):
     stream.close()
 
 
-def test_http_1_0_clients_get_a_stream_until_close(live, project):
-    stream = open_stream(live, project, version="1.0")
+def test_http_1_0_clients_get_a_stream_until_close(live, slug):
+    stream = open_stream(live, slug, version="1.0")
     assert stream.status == 200
     assert stream.headers["connection"] == "close"
     assert stream.next().event == "connected"
@@ -109,11 +109,11 @@ def test_a_reader_that_pauses_gets_every_change_whole_and_in_order(live, pg, ups
     stream.close()
 
 
-def test_connected_then_the_full_snapshot(live, project):
-    stream = open_stream(live, project)
+def test_connected_then_the_full_snapshot(live, slug):
+    stream = open_stream(live, slug)
     connected = stream.next()
     assert (connected.event, connected.retry, connected.json()) == (
-        "connected", 250, {"project": project, "resumed": False})
+        "connected", 250, {"project": slug, "resumed": False})
     assert connected.id is None
     update = stream.next()
     assert update.event == "status_update"
@@ -122,9 +122,9 @@ def test_connected_then_the_full_snapshot(live, project):
     stream.close()
 
 
-def test_a_cached_snapshot_is_sent_at_once(live, project):
-    requests.get(f"{live.url}/api/public/{project}/status", timeout=5)
-    stream = open_stream(live, project)
+def test_a_cached_snapshot_is_sent_at_once(live, slug):
+    requests.get(f"{live.url}/api/public/{slug}/status", timeout=5)
+    stream = open_stream(live, slug)
     connected = stream.next()
     update = stream.next()
     assert update.event == "status_update"
@@ -132,22 +132,22 @@ def test_a_cached_snapshot_is_sent_at_once(live, project):
     stream.close()
 
 
-def test_a_change_upstream_arrives_as_bulk_update(live, project, upstream):
-    stream = open_stream(live, project)
+def test_a_change_upstream_arrives_as_bulk_update(live, slug, upstream):
+    stream = open_stream(live, slug)
     first = stream.next_event("status_update")
-    upstream.set_statuses(f"/{project}", {"A101": "sold", "A102": "held", "A103": "closed"})
+    upstream.set_statuses(f"/{slug}", {"A101": "sold", "A102": "held", "A103": "closed"})
     change = stream.next_event("bulk_update", timeout=3)
     assert change.json() == {"updates": {"A101": "sold"}}
     assert version_after(first.id) == change.id
-    upstream.set_statuses(f"/{project}", {"A101": "sold", "A103": "closed"})
+    upstream.set_statuses(f"/{slug}", {"A101": "sold", "A103": "closed"})
     gone = stream.next_event("bulk_update", timeout=3)
     assert gone.json() == {"updates": {"A102": "hidden"}}
     assert version_after(change.id) == gone.id
     stream.close()
 
 
-def test_pings_keep_their_cadence(live, project):
-    stream = open_stream(live, project)
+def test_pings_keep_their_cadence(live, slug):
+    stream = open_stream(live, slug)
     pings = []
     deadline = time.monotonic() + 2.4
     while time.monotonic() < deadline:
@@ -281,10 +281,10 @@ def test_streams_of_a_deactivated_project_end(live, pg, upstream):
     assert open_stream(live, slug).status == 404
 
 
-def test_a_closed_client_is_unsubscribed_at_once(start_service, project):
+def test_a_closed_client_is_unsubscribed_at_once(start_service, slug):
     """Pings every 30 s: only the socket watcher can notice the close this fast."""
     service = start_service(SSE_PING_INTERVAL="30")
-    stream = open_stream(service, project)
+    stream = open_stream(service, slug)
     stream.next_event("status_update")
     assert metric(service.url, "public_status_open_streams") == 1
     assert metric(service.url, "public_status_pollers") == 1

@@ -196,9 +196,9 @@ def main() -> None:
     wait_for_quiet()
     commit, today = todays_client()
     upstream_url = start_client_api()
-    database_url = prepare_database(upstream_url)
-    add_projects(database_url, upstream_url, PROJECTS, interval=3600)
-    env = {"DATABASE_URL": database_url, "STATUS_CACHE_TTL": "3600", "SSE_PING_INTERVAL": "3600",
+    database = prepare_database(upstream_url)
+    add_projects(database, upstream_url, PROJECTS, interval=3600)
+    env = {"DATABASE_URL": database.reader_url, "STATUS_CACHE_TTL": "3600", "SSE_PING_INTERVAL": "3600",
            "REFRESH_MIN_INTERVAL": "0", "PROJECT_CACHE_TTL": "3600", "LOG_LEVEL": "WARNING"}
     site = serve_pages(today)
     runs = [(f"today's ({commit})", "client=today"), ("sharing", "client=new"),

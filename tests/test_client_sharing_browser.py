@@ -15,9 +15,10 @@ import json
 import time
 
 import pytest
+from board_pages import BOARD_FILES, tile
 
 from browser import Browser
-from helpers import Nginx, metric, wait_for
+from support import ROOT, Nginx, metric, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -319,14 +320,23 @@ def test_a_page_of_seven_projects_and_an_unknown_one_holds_one_stream(service, b
     one_stream(service)
 
 
-def test_the_board_in_three_tabs_holds_one_stream(service, browser, projects):
-    tabs = [browser.page] + [browser.new_tab() for _ in range(2)]
-    for tab, slug in zip(tabs, projects, strict=False):
-        tab.goto(f"{service.url}/?project={slug}")
-    for tab in tabs:
-        tab.wait_for("document.getElementById('connection').dataset.state === 'live'")
-        tab.wait_for("document.querySelectorAll('[data-unit]').length === 3")
+def test_boards_in_three_tabs_hold_one_stream(service, browser, upstream, projects):
+    """The board (a copy of its files hosted elsewhere, as the board's tests do) makes an
+    instance per project and changed nothing for it: a board of three projects and two
+    boards of one, five instances in three tabs, one stream."""
+    for path, (name, content_type) in BOARD_FILES.items():
+        upstream.set(path, (ROOT / name).read_bytes(), content_type=content_type)
+    boards = [",".join(projects[:3]), projects[3], projects[0]]
+    tabs = [browser.page] + [browser.new_tab() for _ in boards[1:]]
+    for tab, shown in zip(tabs, boards, strict=True):
+        tab.goto(f"{upstream.url}/board.html?project={shown}&api={service.url}")
+    for tab, shown in zip(tabs, boards, strict=True):
+        tab.wait_for(f"document.querySelectorAll('[data-unit]').length === {3 * len(shown.split(','))}")
+        tab.wait_for("Object.values(window.board.projects).every((live) => live.state === 'live')")
     one_stream(service)
+    change(upstream, projects[0])
+    for tab in (tabs[0], tabs[2]):
+        tab.wait_for(f"{tile('A1', projects[0])}?.dataset.status === 'sold'", timeout=3)
 
 
 def test_without_broadcast_channel_each_instance_keeps_a_stream_of_its_own(service, browser,

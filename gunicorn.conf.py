@@ -14,13 +14,19 @@ from gunicorn.glogging import Logger
 
 
 def post_worker_init(worker):
-    """In each worker, once `wsgi:app` is loaded: on the gevent_pywsgi worker, serve each
-    connection with the service's own handler (time limits on idle and slow clients,
-    bounded request heads and bodies, idle connections first out near the cap; see
-    public_service.ConnectionGuard). gunicorn's own HTTP workers keep their own."""
-    if getattr(worker, "wsgi_handler", None) is not None:
-        guard = worker.wsgi.extensions["public_status"].connections
-        worker.wsgi_handler = guard.handler_class(worker.wsgi_handler)
+    """In each worker, once `wsgi:app` is loaded: the service's own edge serves every
+    connection (strict request heads, time limits on idle and slow clients, idle
+    connections first out near the cap, a stream's connection handed to its writer; see
+    public_service.Edge). It takes the place of the handler of gunicorn's gevent worker,
+    whose `handle(listener, client, address)` is that worker's entry point; any other
+    worker class keeps its own handler (and the streams a greenlet each)."""
+    from gunicorn.workers.ggevent import GeventWorker  # in the worker: gevent is patched in
+
+    if isinstance(worker, GeventWorker) and worker.server_class is None:
+        worker.wsgi.extensions["public_status"].edge.serve_for(worker)
+    else:
+        worker.log.warning("worker class %s: the service's edge needs --worker-class gevent",
+                           type(worker).__name__)
 
 
 def when_ready(server):

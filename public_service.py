@@ -5,84 +5,97 @@ database (read-only, raw SQL), fetches the unit statuses from that project's own
 API, normalizes them to five statuses (available, reserved, sold, hidden, unreleased),
 caches them, and streams every change to browsers over Server-Sent Events:
 
-    GET  /api/public/<slug>/status          the current statuses, as JSON
-    GET  /api/public/<slug>/status/stream   text/event-stream of changes
-    POST /api/public/<slug>/status/refresh  fetch now (rate limited)
-    GET  /healthz, /readyz, /metrics        for the operator
+    GET  /api/public/<slug>/status              the current statuses, as JSON
+    GET  /api/public/<slug>/status/stream       text/event-stream of changes
+    GET  /api/public/status/stream?projects=a,b one stream for several projects
+    POST /api/public/<slug>/status/refresh      fetch now (rate limited)
+    GET  /healthz, /readyz, /metrics            for the operator
 
-Run it with the Procfile's command (gunicorn, its gevent_pywsgi worker, `wsgi:app`);
-`wsgi.py` monkey-patches first. The contract is SPEC.md; the README says the rest.
+Run it with the Procfile's command (gunicorn, its gevent worker, `wsgi:app`); `wsgi.py`
+monkey-patches first, and gunicorn.conf.py hands each connection to the service's own
+edge. The contract is SPEC.md; the README and docs/ say the rest.
 
 The file, in the order data flows, a section under each banner:
 
     config             Config, read once from the environment
-    logs and metrics   Metrics, SecretRedactor, JsonFormatter
-    types              errors, Project, SSEMessage, Wire (a message, plain and as a gzip
-                       piece), Snapshot (with its encodings), SingleFlight
+    logs and metrics   Metrics, LogScrubber (credentials out, control bytes escaped)
+    types              the error family (each knows its answer), Project, Position and
+                       the one rule for versions (`succession`), SSEMessage, Wire (bytes
+                       made once, plain and as a gzip piece), Snapshot, Change, Fetched
     normalization      pure: response shapes -> unit statuses -> the five statuses, diffs
     database           ProjectDirectory: project rows by slug, cached, over a small pool
-    upstream client    UpstreamClient: one project's statuses from its client API
-    cache and pollers  StatusService (fetch, refresh, poll) -> Store (Local or Redis),
-                       each project's History of changes (for resume)
-    SSE                Fanout -> Stream: each change, encoded once, to every open stream
-    routes             the Flask views, the warm-GET fast path, and ConnectionGuard: the
-                       edge pywsgi lacks (head and idle timeouts, head and body bounds)
+    upstream client    a row -> Project; UpstreamClient: one project's document from its
+                       client API, conditional, and its Retry-After
+    cache and pollers  StatusService (fetch, refresh, poll) -> Store: LocalStore, or with
+                       REDIS_URL a RedisLink between the SharedStore and this worker alone
+    SSE                Fanout -> Stream (its lifecycle in one table) -> Transport, the one
+                       writer of a stream's connection
+    routes             the Flask views, and the warm-GET fast path
+    the edge           Edge: the worker's HTTP/1.1 server (strict heads, time limits,
+                       idle connections first out near the cap, streams handed over)
     app factory        create_app(): builds and wires all of the above
 
-Data flows one way. The service fetches and commits into the store; the store tells
-the fanout of each new snapshot (a callback given at construction); the fanout hands it
-to the project's streams, which write it, and runs one poller per watched
-project (the service's `poll`, also a callback). Nothing holds what consumes it.
-A stream's deliveries are named cases (Ping, Delta, Full); its ids are
-`<epoch>-<version>`, and a client that sends one back is resumed from the store's
-history, never from the client API.
+Data flows one way. The service fetches and commits into the store; the store tells the
+fanout of each Change (a callback given at construction); the fanout offers it to the
+project's streams, each of which steps it against what its client holds and hands the
+message to its transport. Consumers are told by callbacks given at construction: the
+fanout runs the service's `poll`, a stream tells its fanout's `remove` when it closes,
+a transport tells its stream what happened on the wire. Ids are `<epoch>-<version>`
+(a multiplexed stream's name every project's position), and a client that sends one
+back is resumed from the store's history, never from the client API.
 
 Choices a reader might otherwise "fix": one upstream request per project at a time
 (misses, refreshes and the poller join it; `SingleFlight`, `Store.fetch`); a warm GET
 never reaches Flask (`WarmStatusFastPath`); a failed fetch never reaches the public
 (stale snapshot, else 503 + Retry-After); every message is encoded once for all its
 streams, and compressed once too, as a deflate piece that stands on its own (`Wire`:
-no compressor per stream); the stream answers 404 only for a truly unknown project, and
-200 + `retry:` for transient trouble, as EventSource gives up on anything else; a
-closed client is noticed by an I/O watcher on its socket; credentials stay out of reprs
-and leave only as request headers, and every log line is scrubbed of them
-(`SecretRedactor`).
+no compressor per stream); an idle stream holds no greenlet (the edge hands its
+connection to a `SocketTransport`, whose writes never block; the event loop finishes
+what a socket did not take, and hears a client hang up); the stream answers 404 only
+for a truly unknown project, and 200 + `retry:` for transient trouble, as EventSource
+gives up on anything else; credentials stay out of reprs and leave only as request
+headers, and every log line is scrubbed of them (`LogScrubber`).
 """
 
 from __future__ import annotations
 
+import _socket
 import base64
-import email.parser
-import errno
-import fcntl
+import dataclasses
+import datetime
+import email.utils
+import enum
 import functools
 import gzip
 import hashlib
+import http
 import http.cookiejar
+import io
 import json
 import logging
 import math
 import os
 import random
 import re
+import resource
 import socket
 import struct
-import termios
+import sys
 import threading
 import time
+import types
 import zlib
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, NamedTuple, Protocol
+from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
 import gevent
 import gevent.event
 import gevent.lock
-import gevent.pywsgi
 import psycopg2
 import psycopg2.extensions
 import redis
@@ -95,12 +108,13 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
-
 
 # --------------------------------------------------------------------------- config
 
@@ -127,6 +141,7 @@ class Config:
     log_format: str = "text"
     max_upstream_bytes: int = 5_000_000
     max_streams: int = 10_000
+    max_projects_per_stream: int = 20
     redis_url: str | None = field(default=None, repr=False)
     poll_lease_ttl: float = 10.0
     min_poll_interval: float = 1.0
@@ -167,6 +182,7 @@ class Config:
             log_format=log_format,
             max_upstream_bytes=_env_number(env, "MAX_UPSTREAM_BYTES", 5_000_000, int, minimum=1),
             max_streams=_env_number(env, "MAX_STREAMS", 10_000, int, minimum=0),
+            max_projects_per_stream=_env_number(env, "MAX_PROJECTS_PER_STREAM", 20, int, minimum=1),
             redis_url=env.get("REDIS_URL") or None,
             poll_lease_ttl=_env_number(env, "POLL_LEASE_TTL", 10.0),
             min_poll_interval=_env_number(env, "MIN_POLL_INTERVAL", 1.0),
@@ -201,18 +217,27 @@ def _env_number(env, name, default, kind=float, minimum=None):
 class Metrics:
     """Per-worker Prometheus metrics. Label values come from fixed sets only."""
 
-    UPSTREAM_OUTCOMES = ("ok", "http_error", "timeout", "connection", "tls", "too_large",
-                         "bad_body", "config", "error")
+    UPSTREAM_OUTCOMES = ("ok", "not_modified", "rate_limited", "http_error", "timeout",
+                         "connection", "tls", "too_large", "bad_body", "config", "error")
+    REFUSED_STATUSES = ("400", "413", "414", "431", "501", "505")
 
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.open_streams = Gauge("public_status_open_streams", "Open SSE streams", registry=r)
+        ProcessCollector(registry=r)
+        self.open_streams = Gauge("public_status_open_streams", "Open SSE streams (a multiplexed "
+                                  "stream is one)", registry=r)
         self.watched_projects = Gauge("public_status_watched_projects",
                                       "Projects with at least one open stream", registry=r)
         self.pollers = Gauge("public_status_pollers", "Poller greenlets running", registry=r)
+        self.snapshot_age = Gauge("public_status_snapshot_age_max_seconds",
+                                  "Among the projects this worker streams, the longest time since "
+                                  "one was last fetched successfully", registry=r)
         self.upstream_requests = Counter("public_status_upstream_requests",
                                          "Client API fetches by outcome", ["outcome"], registry=r)
+        self.upstream_deferred = Counter("public_status_upstream_deferred",
+                                         "Fetches not made: the client API's Retry-After was "
+                                         "still in force", registry=r)
         self.upstream_seconds = Histogram("public_status_upstream_seconds",
                                           "Client API fetch duration", registry=r)
         self.cache = Counter("public_status_cache", "Status reads by cache result", ["result"],
@@ -220,31 +245,80 @@ class Metrics:
         self.refresh_limited = Counter("public_status_refresh_limited",
                                        "Forced refreshes answered 429", registry=r)
         self.db_errors = Counter("public_status_db_errors", "Failed database queries", registry=r)
+        self.database_up = Gauge("public_status_database_up",
+                                 "1 when the last database query succeeded", registry=r)
         self.streams_rejected = Counter("public_status_streams_rejected",
                                         "Streams sent away because MAX_STREAMS was reached",
                                         registry=r)
         self.streams_dropped = Counter("public_status_streams_dropped",
                                        "Streams closed for falling too far behind", registry=r)
+        self.connections = Gauge("public_status_connections",
+                                 "Open HTTP connections other than streams", registry=r)
+        self.connections_evicted = Counter("public_status_connections_evicted",
+                                           "Idle connections closed to make room near the cap",
+                                           registry=r)
+        self.requests_refused = Counter("public_status_requests_refused",
+                                        "Request heads refused at the edge", ["status"], registry=r)
+        self.redis_configured = Gauge("public_status_redis_configured",
+                                      "1 when REDIS_URL is set", registry=r)
         self.redis_shared = Gauge("public_status_redis_shared",
                                   "1 while snapshots and pollers are shared through Redis",
                                   registry=r)
+        self.database_up.set(1)
         for outcome in self.UPSTREAM_OUTCOMES:
             self.upstream_requests.labels(outcome)
+        for status in self.REFUSED_STATUSES:
+            self.requests_refused.labels(status)
         for result in ("hit", "miss", "stale"):
             self.cache.labels(result)
         self.cache_hits = self.cache.labels("hit")  # the hot path's child, looked up once
 
-    def watch(self, fanout: Fanout, store: Store) -> None:  # gauges read when scraped
+    def watch(self, fanout: Fanout, store: Store, edge: Edge, redis_configured: bool) -> None:
+        """Gauges read when scraped, and the streams' own counters."""
         self.open_streams.set_function(lambda: fanout.stream_count)
         self.watched_projects.set_function(lambda: fanout.watched_projects)
         self.pollers.set_function(lambda: fanout.poller_count)
+        self.snapshot_age.set_function(lambda: max(
+            (min(store.read(slug)[1], watched) for slug, watched in fanout.watched_for()), default=0.0))
+        self.connections.set_function(lambda: edge.open_connections)
+        self.redis_configured.set(int(redis_configured))
         self.redis_shared.set_function(lambda: int(store.shared))
+        self.registry.register(_StreamCounters(fanout.stats))
 
 
-class SecretRedactor(logging.Filter):
-    """Replaces every known credential in a log record with `***`, whoever logged it.
+class _StreamCounters:
+    """What every stream's writer counts as it goes (StreamStats), as metrics: counting in
+    the writers is two integer additions; a Counter per message per stream would cost a
+    lock and a method call on the fan-out's hot path."""
 
-    Attached to the handlers, so it sees records of every library, tracebacks included.
+    def __init__(self, stats: StreamStats):
+        self._stats = stats
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        yield CounterMetricFamily("public_status_deliveries", "Messages written to streams "
+                                  "(one per message per stream)", value=self._stats.messages)
+        yield GaugeMetricFamily("public_status_stream_buffered_bytes", "Bytes held for streams "
+                                "whose sockets have not taken them yet", value=self._stats.buffered)
+
+
+_CONTROL_BYTES = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def escape_controls(text: str) -> str:
+    """No CR, LF or other control byte from a request reaches a log line raw: each is
+    written as its escape (`\\x0a`), so one line stays one line."""
+    return _CONTROL_BYTES.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
+class LogScrubber(logging.Filter):
+    """Every record, whoever logged it (tracebacks and library lines included): each known
+    credential replaced by `***`, and control bytes in the message and in an access
+    line's fields escaped (a request's bytes may hold any of them).
+
+    Attached to the handlers, so it sees records of every library and of gunicorn.
     """
 
     MIN_LENGTH = 3  # shorter strings are no secret, and replacing them garbles every line
@@ -266,18 +340,22 @@ class SecretRedactor(logging.Filter):
     def redact(self, text: str) -> str:
         return self._pattern.sub("***", text) if self._pattern else text
 
+    def scrub(self, text: str) -> str:
+        return escape_controls(self.redact(text))
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._pattern is None:
-            return True
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if isinstance(record.args, dict):    # gunicorn's access atoms: redacted where they
+        if isinstance(record.args, dict):    # gunicorn's access atoms: scrubbed where they
             for key, value in record.args.items():  # are, so that JSON lines keep fields
                 if isinstance(value, str):
-                    record.args[key] = self.redact(value)
-        if not isinstance(record.args, dict) or self._pattern.search(record.getMessage()):
-            record.msg, record.args = self.redact(record.getMessage()), None
-        if record.exc_text:
+                    record.args[key] = self.scrub(value)
+            # a value that is no string shows what its str() says, when formatted
+            if self._pattern is not None and self._pattern.search(record.getMessage()):
+                record.msg, record.args = self.scrub(record.getMessage()), None
+        else:
+            record.msg, record.args = self.scrub(record.getMessage()), None
+        if record.exc_text:                  # a traceback's lines are its own, not a request's
             record.exc_text = self.redact(record.exc_text)
         if record.stack_info:
             record.stack_info = self.redact(record.stack_info)
@@ -305,9 +383,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging(config: Config, redactor: SecretRedactor) -> None:
-    """Our handler on the root logger (so library lines are formatted and redacted too),
-    and the redactor on gunicorn's handlers as well."""
+def configure_logging(config: Config, scrubber: LogScrubber) -> None:
+    """Our handler on the root logger (so library lines are formatted and scrubbed too),
+    the scrubber on gunicorn's handlers as well, Python's warnings and gevent's own error
+    reports (a greenlet or a callback that raised) through logging, not printed."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "public_status", False)]:
         root.removeHandler(handler)
@@ -317,42 +396,57 @@ def configure_logging(config: Config, redactor: SecretRedactor) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(redactor)
+    handler.addFilter(scrubber)
     root.addHandler(handler)
     root.setLevel(config.log_level)
     for name in ("gunicorn.error", "gunicorn.access"):
         for gunicorn_handler in logging.getLogger(name).handlers:
-            gunicorn_handler.addFilter(redactor)
+            gunicorn_handler.addFilter(scrubber)
+    logging.captureWarnings(True)
+    gevent.get_hub().handle_error = _log_hub_error
 
 
+def _log_hub_error(context, kind, value, tb) -> None:
+    """gevent's hub hook (`Hub.handle_error`): what it would print to stderr, as one log
+    record. It must not raise; system errors (KeyboardInterrupt, SystemExit) still stop
+    the worker, as gevent's own handler has them do."""
+    hub = gevent.get_hub()
+    if kind is not None and issubclass(kind, hub.NOT_ERROR):
+        return
+    if kind is None or not issubclass(kind, hub.SYSTEM_ERROR):
+        # logging reports its own failures (Handler.handleError) and does not raise
+        log.error("uncaught error in %s", type(context).__name__ if context is not None else "the hub",
+                  exc_info=(kind, value, tb))
+    if context is None or (kind is not None and issubclass(kind, hub.SYSTEM_ERROR)):
+        hub.handle_system_error(kind, value, tb)
 # --------------------------------------------------------------------------- types
 
 STATUSES = ("available", "reserved", "sold", "hidden", "unreleased")
 
 SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 
-DEFAULT_TIMEOUT_SECONDS = 10.0
-MAX_TIMEOUT_SECONDS = 120.0       # a misconfigured timeout must not pin a fetch for hours
-STREAM_QUEUE_SIZE = 64            # messages a slow reader may fall behind before it is dropped
-STREAM_ENVIRON_KEY = "public_status.stream"  # a stream's request names its Stream
-DB_RETRY_SECONDS = 1.0            # after a database failure, serve from cache this long untried
-DB_RETRY_AFTER = 5                # Retry-After (s) on a 503 caused by the database
-KNOWN_PROJECTS = 10_000           # project rows kept, least recently used dropped first
-UNKNOWN_SLUGS = 10_000            # slugs remembered as unknown, apart: a flood evicts only them
-POLLER_RESTART_SECONDS = 1.0      # a poller that crashed (a bug of ours) starts again after this
-PARSE_IN_THREAD_BYTES = 256 * 1024  # bodies this large are parsed off the event loop
-HISTORY_BYTES = 256 * 1024        # a project's history of changed units, at most (and SSE_HISTORY)
-REQUEST_LINE_LIMIT = 4094         # the request head's bounds: gunicorn's defaults,
-HEADER_FIELD_LIMIT = 8190         # its CRLF included,
-HEADER_FIELDS_LIMIT = 100         # whatever the worker class
-REQUEST_BODY_LIMIT = 16 * 1024    # no route reads a body: larger ones are refused, not read
 
+# The service's own errors. Each knows its public answer, as werkzeug's HTTPExceptions
+# do: its status, the only words the public sees (`public`: never the exception's own
+# text, which is for logs) and its Retry-After. One that reaches a view without a status
+# of its own is a bug of ours, answered 500. `transient`: trouble that passes; a stream
+# answers it with 200 and a `retry:` (EventSource gives up on anything else).
 
 class PublicStatusError(Exception):
-    """Base of the service's own errors. Their messages are safe to log, never shown;
-    `retry_after` is the Retry-After of an answer that says "try again"."""
-
+    status = 500
+    public = "internal error"
     retry_after: float | None = None
+    transient = False
+
+    def answer(self) -> Response:
+        return json_error(self.status, self.public, self.retry_after)
+
+
+def json_error(status: int, message: str, retry_after: float | None = None) -> Response:
+    response = Response(json.dumps({"error": message}), status, content_type="application/json")
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
 
 
 class StatusParseError(PublicStatusError):
@@ -360,28 +454,48 @@ class StatusParseError(PublicStatusError):
 
 
 class UpstreamError(PublicStatusError):
-    """A fetch from a project's client API failed. `outcome` is a metrics label."""
+    """A fetch from a project's client API failed. `outcome` is a metrics label;
+    `retry_after`, the seconds its API asked us to wait (429 or 503 with Retry-After)."""
 
-    def __init__(self, outcome: str, detail: str):
+    def __init__(self, outcome: str, detail: str, retry_after: float | None = None):
         super().__init__(f"{outcome}: {detail}")
         self.outcome = outcome
         self.detail = detail
+        self.retry_after = retry_after
 
 
 class DatabaseUnavailable(PublicStatusError):
     """The shared database did not answer (down, timed out, refused the query)."""
 
-    retry_after = DB_RETRY_AFTER
+    status, public, retry_after, transient = 503, "service temporarily unavailable", 5, True
 
 
 class DatabaseBusy(PublicStatusError):
     """Every pooled connection stayed in use: a crowd, not a failure of the database."""
 
-    retry_after = 1
+    status, public, retry_after, transient = 503, "service busy", 1, True
 
 
 class ProjectNotFound(PublicStatusError):
     """No active project with an integration config has this slug (or it is malformed)."""
+
+    status, public = 404, "project not found"
+
+
+class BadProjectList(PublicStatusError):
+    """A multiplexed stream's `projects` list is missing, empty, malformed or too long."""
+
+    status = 400
+
+    def __init__(self, public: str):
+        super().__init__(public)
+        self.public = public
+
+
+class StreamsFull(PublicStatusError):
+    """This worker takes no more streams: it holds MAX_STREAMS, or is shutting down."""
+
+    status, public, retry_after, transient = 503, "service busy", 1, True
 
 
 class TryLater(PublicStatusError):
@@ -393,15 +507,30 @@ class TryLater(PublicStatusError):
 
 
 class NoSnapshot(TryLater):
-    """There is no snapshot to serve yet."""
+    """There is no snapshot to serve yet (the client API failed, or holds us back, or the
+    project's config cannot be fetched with)."""
 
-
-class StreamsFull(PublicStatusError):
-    """This worker takes no more streams: it holds MAX_STREAMS, or is shutting down."""
+    status, public, transient = 503, "statuses not available yet", True
 
 
 class RefreshLimited(TryLater):
     """A forced refresh came too soon after the previous one."""
+
+    status, public = 429, "refreshed too recently"
+
+
+class RequestRefused(PublicStatusError):
+    """A request head the edge will not serve: framing it cannot read one way only, bounds
+    exceeded, a body too large. Answered before any route, then the connection closes."""
+
+    PUBLIC = {400: "bad request", 413: "request body too large", 414: "request line too long",
+              431: "request header fields too large", 501: "transfer coding not implemented",
+              505: "http version not supported"}
+
+    def __init__(self, status: int, why: str):
+        super().__init__(why)
+        self.status = status
+        self.public = self.PUBLIC[status]
 
 
 @dataclass(frozen=True)
@@ -409,7 +538,9 @@ class Project:
     """One active project's integration settings, ready to fetch with.
 
     Credentials only ever leave this object as request headers: they are excluded from
-    repr, and `secrets` lists every string a log line must never show.
+    repr, and `secrets` lists every string a log line must never show. `settings` names
+    what the fetch depends on (URL, credentials, status mapping) by a digest: conditional
+    requests are only made while it is the one their validators were given under.
     """
 
     slug: str
@@ -420,7 +551,44 @@ class Project:
     status_lookup: Mapping[str, str] = field(default_factory=dict, repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)
     config_error: str | None = None                   # why it cannot be fetched, if so
+    settings: str = field(default="", repr=False)
 
+
+# ---- versions: the one rule
+
+class Position(NamedTuple):
+    """Where a project's statuses stand: a version within an epoch, one unbroken line of
+    versions. `str()` is the id clients see, `<epoch>-<version>`."""
+
+    epoch: str
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.epoch}-{self.version}"
+
+
+class Succession(enum.Enum):
+    """What a new snapshot is to the position a reader holds (a stream, a history, a
+    worker's mirror of Redis)."""
+
+    STEP = "step"     # its changes lead from the position held to it: apply them
+    JUMP = "jump"     # newer, but no step from what is held: take it whole
+    STALE = "stale"   # not newer than what is held: nothing
+
+
+def succession(held: Position | None, new: Position, base: Position | None) -> Succession:
+    """The one rule for versions, wherever a new version meets one held. `base`: the
+    position the new version's changes lead from (None: no step from anything known).
+    A step may cross epochs: a worker alone starts a line of its own from the shared
+    version its streams hold."""
+    if base is not None and held == base:
+        return Succession.STEP
+    if held is None or held.epoch != new.epoch or new.version > held.version:
+        return Succession.JUMP
+    return Succession.STALE
+
+
+# ---- Server-Sent Events, encoded once
 
 @dataclass(frozen=True)
 class SSEMessage:
@@ -453,10 +621,10 @@ def _one_line(value: str) -> str:
 
 
 class Wire:
-    """One SSE message, made once for all its streams: its bytes as they are, and the
-    first time a compressed stream asks, as a self-contained piece of a deflate stream
-    (`deflate_piece`; for a message of one connection, a stored block: no compressor).
-    Either as an HTTP/1.1 chunk too (`chunk`), for the streams that write it themselves."""
+    """Bytes made once for all the streams that write them: a message (or, for a
+    multiplexed stream, a message but its id) as it is, and the first time a compressed
+    stream asks, as a self-contained piece of a deflate stream (`piece`; for bytes of one
+    connection, a stored block: no compressor). Either as an HTTP/1.1 chunk too (`chunk`)."""
 
     __slots__ = ("_chunks", "_piece", "_stored", "plain")
 
@@ -508,58 +676,113 @@ def gzip_end(crc: int, size: int) -> bytes:
     return b"\x03\x00" + struct.pack("<II", crc, size & 0xFFFFFFFF)
 
 
-def accepts_gzip(accept_encoding: str | None) -> bool:
-    """Whether an Accept-Encoding header allows gzip (`gzip` or `*`, with a q above 0)."""
-    allowed = {}
-    for coding in (accept_encoding or "").lower().split(","):
-        name, _, params = coding.strip().partition(";")
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        allowed[name.strip()] = q
-    if "gzip" in allowed or "x-gzip" in allowed:
-        return max(allowed.get("gzip", 0), allowed.get("x-gzip", 0)) > 0
-    return allowed.get("*", 0) > 0
+_GZIP_CODING = re.compile(r"(?:^|,)[ \t]*(gzip|x-gzip|\*)[ \t]*((?:;[^,]*)?)(?=,|$)", re.I)
+_Q_PARAM = re.compile(r";[ \t]*q[ \t]*=[ \t]*([0-9.]*)", re.I)
 
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an Accept-Encoding header allows gzip (`gzip` or `*`, with a q above 0).
+    Only the codings that matter are looked at, by one regex pass: a head may hold
+    hundreds of kilobytes of other tokens."""
+    q_of: dict[str, float] = {}
+    for coding in _GZIP_CODING.finditer(accept_encoding or ""):
+        q = _Q_PARAM.search(coding.group(2))
+        try:
+            value = float(q.group(1)) if q else 1.0
+        except ValueError:
+            value = 0.0
+        name = coding.group(1).lower()
+        q_of[name] = max(q_of.get(name, 0.0), value)
+    if "gzip" in q_of or "x-gzip" in q_of:
+        return max(q_of.get("gzip", 0.0), q_of.get("x-gzip", 0.0)) > 0
+    return q_of.get("*", 0.0) > 0
+
+
+# ---- snapshots and changes
 
 @dataclass(frozen=True, eq=False)
 class Snapshot:
-    """Statuses of one project at one version of one epoch (an unbroken line of
-    versions), with their encodings made once. Its id, `<epoch>-<version>`, is opaque
-    to clients."""
+    """Statuses of one project at one position, with their encodings made once."""
 
     slug: str
-    epoch: str
-    version: int
+    position: Position
     statuses: Mapping[str, str]
     body: bytes = field(repr=False)      # the GET /status response body
     event: Wire = field(repr=False)      # the `status_update` SSE message
+    _statuses_at: tuple[int, int] = field(repr=False, default=(0, 0))  # their JSON in `body`
 
     @property
     def id(self) -> str:
-        return f"{self.epoch}-{self.version}"
+        return str(self.position)
 
     @functools.cached_property
     def gzip_body(self) -> bytes:
         """The GET body gzipped, made once (for the first client that accepts gzip)."""
         return gzip.compress(self.body, compresslevel=6, mtime=0)
 
+    @functools.cached_property
+    def mux_event(self) -> Wire:
+        """The `status_update` of a multiplexed stream, but its id (each stream's own)."""
+        start, end = self._statuses_at
+        return Wire(b'event: status_update\ndata: {"project": %s, "statuses": %s}\n'
+                    % (json.dumps(self.slug).encode(), self.body[start:end]))
+
     @classmethod
-    def build(cls, slug: str, epoch: str, version: int, statuses: Mapping[str, str],
+    def build(cls, slug: str, position: Position, statuses: Mapping[str, str],
               encoded: str | None = None) -> Snapshot:
         """`encoded`: `json.dumps(statuses)`, if it is made already (for a big project,
         off the event loop). Both encodings splice it in: the same bytes as encoding
         each whole, at half the cost."""
         encoded = json.dumps(statuses) if encoded is None else encoded
-        body = f'{{"project": {json.dumps(slug)}, "statuses": {encoded}, "count": {len(statuses)}}}'
+        head = f'{{"project": {json.dumps(slug)}, "statuses": '.encode()
+        statuses_json = encoded.encode()
+        body = b'%s%s, "count": %d}' % (head, statuses_json, len(statuses))
         event = SSEMessage(event="status_update", data=f'{{"statuses": {encoded}}}',
-                           id=f"{epoch}-{version}")
-        return cls(slug, epoch, version, statuses, body.encode(), Wire(event.encode()))
+                           id=str(position))
+        return cls(slug, position, statuses, body, Wire(event.encode()),
+                   (len(head), len(head) + len(statuses_json)))
+
+
+@dataclass(frozen=True, eq=False)
+class Change:
+    """A project's snapshot made current: `updates` (the units whose visible status
+    changed, None when not known) lead to it from `base`. Its bulk_update messages are
+    made once, on first use, for all the streams it reaches."""
+
+    snapshot: Snapshot
+    base: Position | None
+    updates: Mapping[str, str] | None
+
+    def succession(self, held: Position | None) -> Succession:
+        return succession(held, self.snapshot.position, self.base if self.updates is not None else None)
+
+    @functools.cached_property
+    def message(self) -> Wire | None:
+        """The single stream's bulk_update, id included; None when nothing visible changed."""
+        if not self.updates:
+            return None
+        return Wire(bulk_update(self.updates, self.snapshot.id))
+
+    @functools.cached_property
+    def mux_message(self) -> Wire | None:
+        """A multiplexed stream's bulk_update, but its id."""
+        if not self.updates:
+            return None
+        return Wire(b'event: bulk_update\ndata: {"project": %s, "updates": %s}\n'
+                    % (json.dumps(self.snapshot.slug).encode(), json.dumps(self.updates).encode()))
+
+
+def bulk_update(updates: Mapping[str, str], event_id: str) -> bytes:
+    return SSEMessage(event="bulk_update", data=json.dumps({"updates": updates}), id=event_id).encode()
+
+
+class Validators(NamedTuple):
+    """What a client API said identifies the document it sent (ETag, Last-Modified), and
+    the project settings it was fetched under (`Project.settings`)."""
+
+    etag: str | None
+    last_modified: str | None
+    settings: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -568,19 +791,27 @@ class Fetched:
     body): the statuses, their JSON, and how they differ from `base`, the snapshot that
     was current when the fetch began. `unchanged`: the same statuses as `base`'s."""
 
-    statuses: dict[str, str]
+    statuses: Mapping[str, str]
     unknown: list[str]
     base: Snapshot | None
     updates: dict[str, str] | None = None     # None: no base to step from
     unchanged: bool = False
     encoded: str | None = field(default=None, repr=False)
+    validators: Validators | None = None
 
     @classmethod
-    def over(cls, base: Snapshot | None, statuses: dict[str, str], unknown: list[str]) -> Fetched:
+    def over(cls, base: Snapshot | None, statuses: Mapping[str, str], unknown: list[str],
+             validators: Validators | None = None) -> Fetched:
         if base is not None and base.statuses == statuses:
-            return cls(base.statuses, unknown, base, {}, True)
+            return cls(base.statuses, unknown, base, {}, True, validators=validators)
         updates = diff_statuses(base.statuses, statuses) if base is not None else None
-        return cls(statuses, unknown, base, updates, False, json.dumps(statuses))
+        return cls(statuses, unknown, base, updates, False, json.dumps(statuses), validators)
+
+    def against(self, current: Snapshot | None) -> Fetched:
+        """The same fetch compared with `current`, if another commit came in between."""
+        if current is self.base:
+            return self
+        return Fetched.over(current, self.statuses, self.unknown, self.validators)
 
 
 class SingleFlight:
@@ -603,8 +834,6 @@ class SingleFlight:
             return work()
         finally:
             del self._running[key]
-
-
 # --------------------------------------------------------------------------- normalization
 
 DEFAULT_STATUS_VALUES: Mapping[str, tuple[str, ...]] = {
@@ -765,6 +994,10 @@ def backoff_delay(failures: int, interval: float, rand: Callable[[], float] = ra
 
 # --------------------------------------------------------------------------- database
 
+KNOWN_PROJECTS = 10_000           # project rows kept, least recently used dropped first
+UNKNOWN_SLUGS = 10_000            # slugs remembered as unknown, apart: a flood evicts only them
+DB_RETRY_SECONDS = 1.0            # after a database failure, serve from cache this long untried
+
 PROJECT_SQL = """
 SELECT ic.api_base_url, ic.status_endpoint, ic.auth_type, ic.auth_credentials::text,
        ic.timeout_seconds, ic.status_mapping::text, ic.polling_interval_seconds
@@ -773,67 +1006,6 @@ SELECT ic.api_base_url, ic.status_endpoint, ic.auth_type, ic.auth_credentials::t
  WHERE p.slug = %s AND p.is_active
  LIMIT 1
 """
-
-
-def _json_column(value: str | None, name: str, problems: list[str]) -> Any:
-    """A json/jsonb/text column read as text -> Python (text may hold JSON twice-encoded);
-    None, and why in `problems`, if it is not JSON or nests too deep to be settings."""
-    if value is None:
-        return None
-    try:
-        parsed = json.loads(value)
-        if isinstance(parsed, str) and parsed.strip()[:1] in ("{", "["):
-            parsed = json.loads(parsed)
-    except (ValueError, RecursionError):
-        problems.append(f"{name} is not JSON (or nests too deep)")
-        return None
-    return parsed
-
-
-def _seconds(value: Any, name: str, default: float, problems: list[str]) -> float:
-    """A numeric column as seconds: NULL or <= 0 is the default; NaN, infinity or a value
-    that is no number makes the config unusable (`problems`)."""
-    if value is None:
-        return default
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not math.isfinite(seconds):
-        problems.append(f"{name} is not a finite number")
-        return default
-    return seconds if seconds > 0 else default
-
-
-def project_from_row(slug: str, row: tuple, default_poll_interval: float,
-                     min_poll_interval: float = 0.0) -> Project:
-    """A row of PROJECT_SQL -> Project. Whatever the row holds, a bad setting makes a
-    project that fails to fetch (`config_error` says why), never an exception."""
-    base, endpoint, auth_type, raw_credentials, timeout, raw_mapping, interval = row
-    problems: list[str] = []
-    url, userinfo = split_userinfo(join_status_url(base, endpoint))
-    timeout = _seconds(timeout, "timeout_seconds", DEFAULT_TIMEOUT_SECONDS, problems)
-    interval = _seconds(interval, "polling_interval_seconds", default_poll_interval, problems)
-    credentials = _json_column(raw_credentials, "auth_credentials", problems)
-    mapping = _json_column(raw_mapping, "status_mapping", problems)
-    if mapping is not None and not (isinstance(mapping, dict) and all(
-            isinstance(values, (str, list)) for values in mapping.values())):
-        problems.append("status_mapping is not an object of statuses to values")
-        mapping = None
-    headers: dict[str, str] = {}
-    if not problems:
-        try:
-            headers = auth_headers(auth_type, credentials, userinfo)
-        except ValueError as exc:
-            problems.append(str(exc))
-    if any(not HEADER_VALUE.fullmatch(value) for value in headers.values()):
-        problems.append("a credential holds characters not allowed in an HTTP header")
-        headers = {}
-    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
-        problems.append("api_base_url and status_endpoint do not make an http(s) URL")
-    return Project(slug, url, min(timeout, MAX_TIMEOUT_SECONDS), max(interval, min_poll_interval),
-                   headers, build_status_lookup(mapping),
-                   _secret_strings(credentials, userinfo, headers), "; ".join(problems) or None)
 
 
 class ConnectionPool:
@@ -942,15 +1114,18 @@ class ProjectDirectory:
     the cache however old; a slug never seen raises DatabaseUnavailable (DatabaseBusy).
     """
 
-    def __init__(self, db: Database, config: Config, metrics: Metrics, redactor: SecretRedactor,
+    def __init__(self, db: Database, config: Config, metrics: Metrics, scrubber: LogScrubber,
                  clock: Callable[[], float] = time.monotonic,
                  bounds: tuple[int, int] = (KNOWN_PROJECTS, UNKNOWN_SLUGS)):
         self._db = db
         self._bounds = bounds
         self._ttl = config.project_cache_ttl
-        self._intervals = (config.default_poll_interval, config.min_poll_interval)
+        # A row of PROJECT_SQL -> Project: how to fetch with it is the upstream client's.
+        self._read_row = functools.partial(project_from_row,
+                                           default_poll_interval=config.default_poll_interval,
+                                           min_poll_interval=config.min_poll_interval)
         self._metrics = metrics
-        self._redactor = redactor
+        self._scrubber = scrubber
         self._clock = clock
         self._known: OrderedDict[str, tuple[Project, float]] = OrderedDict()  # -> (row, expiry)
         self._unknown: OrderedDict[str, float] = OrderedDict()                # -> expiry
@@ -1001,19 +1176,21 @@ class ProjectDirectory:
             return exc
         except DatabaseUnavailable as exc:
             self._metrics.db_errors.inc()
+            self._metrics.database_up.set(0)
             self._retry_db_at = self._clock() + DB_RETRY_SECONDS
             if not self._db_failing:
                 self._db_failing = True
                 log.error("database unavailable (%s); serving known projects from cache", exc,
                           extra={"event": "db_unavailable"})
             return exc
+        self._metrics.database_up.set(1)
         if self._db_failing:
             self._db_failing = False
             log.warning("database reachable again", extra={"event": "db_recovered"})
         if row is None:
             return None
-        project = project_from_row(slug, row, *self._intervals)
-        self._redactor.add(project.secrets)
+        project = self._read_row(slug, row)
+        self._scrubber.add(project.secrets)
         if project.config_error and self._config_errors.get(slug) != project.config_error:
             log.error("project %s: integration config unusable: %s", slug, project.config_error,
                       extra={"project": slug, "event": "config_error"})
@@ -1034,8 +1211,80 @@ def _remember(entries: OrderedDict, key: str, value: Any, bound: int) -> None:
 
 # --------------------------------------------------------------------------- upstream client
 
+DEFAULT_TIMEOUT_SECONDS = 10.0
+MAX_TIMEOUT_SECONDS = 120.0       # a misconfigured timeout must not pin a fetch for hours
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+VALIDATOR_LENGTH = 1024           # a longer ETag or Last-Modified is not kept
+
+
+def _json_column(value: str | None, name: str, problems: list[str]) -> Any:
+    """A json/jsonb/text column read as text -> Python (text may hold JSON twice-encoded);
+    None, and why in `problems`, if it is not JSON or nests too deep to be settings."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+        if isinstance(parsed, str) and parsed.strip()[:1] in ("{", "["):
+            parsed = json.loads(parsed)
+    except (ValueError, RecursionError):
+        problems.append(f"{name} is not JSON (or nests too deep)")
+        return None
+    return parsed
+
+
+def _seconds(value: Any, name: str, default: float, problems: list[str]) -> float:
+    """A numeric column as seconds: NULL or <= 0 is the default; NaN, infinity or a value
+    that is no number makes the config unusable (`problems`)."""
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        problems.append(f"{name} is not a finite number")
+        return default
+    return seconds if seconds > 0 else default
+
+
+def project_from_row(slug: str, row: tuple, default_poll_interval: float,
+                     min_poll_interval: float = 0.0) -> Project:
+    """A row of PROJECT_SQL (the database section) -> Project. Whatever the row holds, a
+    bad setting makes a project that fails to fetch (`config_error` says why), never an
+    exception."""
+    base, endpoint, auth_type, raw_credentials, timeout, raw_mapping, interval = row
+    problems: list[str] = []
+    url, userinfo = split_userinfo(join_status_url(base, endpoint))
+    timeout = _seconds(timeout, "timeout_seconds", DEFAULT_TIMEOUT_SECONDS, problems)
+    interval = _seconds(interval, "polling_interval_seconds", default_poll_interval, problems)
+    credentials = _json_column(raw_credentials, "auth_credentials", problems)
+    mapping = _json_column(raw_mapping, "status_mapping", problems)
+    if mapping is not None and not (isinstance(mapping, dict) and all(
+            isinstance(values, (str, list)) for values in mapping.values())):
+        problems.append("status_mapping is not an object of statuses to values")
+        mapping = None
+    headers: dict[str, str] = {}
+    if not problems:
+        try:
+            headers = auth_headers(auth_type, credentials, userinfo)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if any(not HEADER_VALUE.fullmatch(value) for value in headers.values()):
+        problems.append("a credential holds characters not allowed in an HTTP header")
+        headers = {}
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        problems.append("api_base_url and status_endpoint do not make an http(s) URL")
+    lookup = build_status_lookup(mapping)
+    settings = hashlib.blake2b(repr((url, sorted(headers.items()), sorted(lookup.items()))).encode(),
+                               digest_size=12).hexdigest()
+    return Project(slug, url, min(timeout, MAX_TIMEOUT_SECONDS), max(interval, min_poll_interval),
+                   headers, lookup, _secret_strings(credentials, userinfo, headers),
+                   "; ".join(problems) or None, settings)
+
+
+
+
 
 
 def join_status_url(base: str | None, endpoint: str | None) -> str:
@@ -1151,37 +1400,52 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A client API's answer: the status document, and the validators that name it."""
+
+    content: bytes
+    validators: Validators | None
+
+
+@dataclass(frozen=True, slots=True)
+class NotModified:
+    """A client API's 304 to a conditional request: the document is the one we hold."""
+
+
 class UpstreamClient:
-    """Gets the body of a project's status document from its client API.
+    """Gets a project's status document from its client API, as Body or NotModified.
 
     The whole fetch is bounded by the project's timeout (requests' own timeout bounds
     each socket read only, so a body trickling in forever would never end) and the
     body by MAX_UPSTREAM_BYTES. Redirects are not followed: requests would carry a
     custom API-key header along to whatever host the redirect names. One session (its
-    connection pool), and nothing else, is shared by the projects: no cookie is kept.
+    connection pool), and nothing else, is shared by the projects: no cookie is kept,
+    and validators are the caller's, per project. A 429 or 503 with Retry-After is an
+    error that says how long to wait, at most `hold_cap(project)` seconds.
     """
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.time):
         self.max_bytes = max_bytes
+        self._clock = clock               # wall time, for a Retry-After given as a date
         self.session = requests.Session()
         self.session.headers.update({"Accept": "application/json", "User-Agent": "public-status"})
         self.session.cookies.set_policy(_NoCookies())
 
-    def get(self, project: Project) -> bytes:
+    def get(self, project: Project, validators: Validators | None = None) -> Body | NotModified:
         if project.config_error:
             raise UpstreamError("config", project.config_error)
         deadline = gevent.Timeout(project.timeout)
         try:
             with deadline, self.session.get(
                 project.status_url,
+                headers=_conditional_headers(validators),
                 auth=HeaderAuth(project.auth_headers),
                 timeout=project.timeout,
                 allow_redirects=False,
                 stream=True,
             ) as response:
-                if not 200 <= response.status_code < 300:
-                    raise UpstreamError("http_error", f"HTTP {response.status_code}")
-                return _read_capped(response, self.max_bytes)
+                return self._answer(project, response, validators)
         except gevent.Timeout as exc:
             if exc is not deadline:
                 raise
@@ -1194,6 +1458,60 @@ class UpstreamClient:
             raise UpstreamError("connection", _root_cause(exc)) from None
         except requests.exceptions.RequestException as exc:
             raise UpstreamError("connection", type(exc).__name__) from None
+
+    def _answer(self, project: Project, response: requests.Response,
+                validators: Validators | None) -> Body | NotModified:
+        code = response.status_code
+        if code == 304 and validators is not None:
+            return NotModified()
+        if code in (429, 503) and "Retry-After" in response.headers:
+            wait = retry_after_seconds(response.headers["Retry-After"], self._clock(),
+                                       hold_cap(project))
+            raise UpstreamError("rate_limited", f"HTTP {code}, Retry-After {wait:g}s", retry_after=wait)
+        if not 200 <= code < 300:
+            raise UpstreamError("http_error", f"HTTP {code}")
+        content = _read_capped(response, self.max_bytes)
+        found = Validators(_validator(response.headers.get("ETag")),
+                           _validator(response.headers.get("Last-Modified")), project.settings)
+        return Body(content, found if found.etag or found.last_modified else None)
+
+
+def hold_cap(project: Project) -> float:
+    """The longest a client API may hold us back: as long as the longest backoff."""
+    return 8 * project.poll_interval
+
+
+def retry_after_seconds(value: str, now: float, cap: float) -> float:
+    """A Retry-After (delay-seconds, or an HTTP-date) as seconds from `now` (wall time),
+    between 0 and `cap`; a value that cannot be read asks for the longest wait, `cap`."""
+    value = value.strip()
+    if value.isdigit() and value.isascii():
+        return min(float(value[:12]), cap)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return cap
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return min(max(when.timestamp() - now, 0.0), cap)
+
+
+def _conditional_headers(validators: Validators | None) -> dict[str, str]:
+    if validators is None:
+        return {}
+    headers = {}
+    if validators.etag:
+        headers["If-None-Match"] = validators.etag
+    if validators.last_modified:
+        headers["If-Modified-Since"] = validators.last_modified
+    return headers
+
+
+def _validator(value: str | None) -> str | None:
+    """A validator fit to send back: one header-safe line of reasonable length."""
+    if value and len(value) <= VALIDATOR_LENGTH and HEADER_VALUE.fullmatch(value):
+        return value
+    return None
 
 
 def _read_capped(response: requests.Response, limit: int) -> bytes:
@@ -1226,32 +1544,41 @@ def _root_cause(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- cache and pollers
 
+HISTORY_BYTES = 256 * 1024        # a project's history of changed units, at most (and SSE_HISTORY)
+PARSE_IN_THREAD_BYTES = 256 * 1024  # bodies this large are parsed off the event loop
+MAX_UNKNOWN_LOGGED = 100          # distinct unknown status values logged per project
+
+
 class Store(Protocol):
     """Where snapshots live, and who may fetch or poll a project: the one seam for sharing
-    state between workers. Given at construction the callback that hears of each snapshot
-    it makes current, `on_change(snapshot, updates, base)`: `updates`, the units changed
-    since `base`, the (epoch, version) they step from (the version before, or the shared
-    version a worker alone left); None when it is no step (a first one, a new line)."""
+    state between workers. Given at construction the callback that hears of each
+    snapshot it makes current, `on_change(change)` (a Change)."""
 
     shared: bool          # True while the state is shared with other workers (Redis)
     renew_every: float    # seconds between renewals of a poll lease while polling
 
-    # Snapshots: this worker's latest and its age (inf if none), without I/O; before a
-    # miss fetches, take what another worker committed meanwhile; record a fetch (a new
-    # version, published, only if anything changed).
+    # Snapshots: this worker's latest and its age (inf if none), without I/O, and the
+    # validators its client API gave it; before a miss fetches, take what another worker
+    # committed meanwhile; record a fetch (a new version, published, only if anything
+    # changed).
     def read(self, slug: str) -> tuple[Snapshot | None, float]: ...
+    def validators(self, slug: str) -> Validators | None: ...
     def sync(self, slug: str) -> None: ...
     def commit(self, slug: str, fetched: Fetched) -> Snapshot: ...
 
-    # Resume: the units changed since a version of the current epoch, each with its
-    # current status ({} for the current version); None when the history cannot tell.
-    def changes_since(self, slug: str, epoch: str, version: int) -> dict[str, str] | None: ...
+    # Resume: the units changed since a position of the current epoch, each with its
+    # current status ({} at the current position); None when the history cannot tell.
+    def changes_since(self, slug: str, held: Position) -> dict[str, str] | None: ...
 
     # Fetches: run `do_fetch` as the deployment's one fetch of the project, or join the
-    # one under way elsewhere; 0 if a forced refresh may fetch now, else seconds to wait.
+    # one under way elsewhere; 0 if a forced refresh may fetch now, else seconds to wait;
+    # a client API's Retry-After, kept for every fetch of the project (`held_for`: the
+    # seconds left).
     def fetch(self, slug: str, timeout: float, do_fetch: Callable[[], Snapshot | UpstreamError]
               ) -> Snapshot | UpstreamError: ...
     def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float: ...
+    def hold(self, slug: str, seconds: float) -> None: ...
+    def held_for(self, slug: str) -> float: ...
 
     # Polling: 0 if this worker polls the project now, else seconds until it may; stop
     # polling it (another worker may take over at once); give everything back.
@@ -1260,84 +1587,156 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+class History:
+    """A project's last steps, oldest first, each with the units it changed: one line,
+    each step from the position the one before reached (the rule: `succession`),
+    bounded by a count and by HISTORY_BYTES (each entry weighed as its JSON), so that
+    resuming costs a union of a few sets, and never a fetch."""
+
+    __slots__ = ("_bound", "_bytes", "_entries")
+
+    def __init__(self, bound: int):
+        self._bound = bound
+        self._entries: deque[tuple[Position, Position, frozenset[str], int]] = deque()
+        self._bytes = 0
+
+    @classmethod
+    def of(cls, bound: int, steps: Iterable[tuple[Position | None, Position, Iterable[str]]]) -> History:
+        history = cls(bound)
+        for base, position, units in steps:
+            history.add(base, position, units)
+        return history
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def add(self, base: Position | None, position: Position, units: Iterable[str]) -> None:
+        """A new version, from `base` (None: no step): a step from the last one extends
+        the line; anything else begins it again."""
+        if self._entries and succession(self._entries[-1][1], position, base) is not Succession.STEP:
+            self.clear()
+        if base is None:
+            self.clear()
+            return
+        units = frozenset(units)
+        weight = 16 + sum(len(unit) + 4 for unit in units)
+        self._entries.append((base, position, units, weight))
+        self._bytes += weight
+        while self._entries and (len(self._entries) > self._bound or self._bytes > HISTORY_BYTES):
+            self._bytes -= self._entries.popleft()[3]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    def since(self, held: Position, current: Position) -> set[str] | None:
+        """The units changed after `held` up to `current`; None if the line does not
+        reach back to it."""
+        if held == current:
+            return set()
+        if not self._entries or self._entries[-1][1] != current:
+            return None
+        units: set[str] = set()
+        for base, _, changed, _ in reversed(self._entries):
+            units |= changed
+            if base == held:
+                return units
+        return None
+
+
+@dataclass(slots=True)
+class _Stored:
+    snapshot: Snapshot
+    fetched_at: float
+    validators: Validators | None
+
+
 class LocalStore(Store):
     """The Store of a worker alone, in its memory: every fetch and poll is its own, and
     nothing is elsewhere (`sync`, `release_poll` and `close`: the protocol's no-ops).
 
     Its epoch is its own, made when it is: versions start again at 1 after a restart,
-    and so do ids, under another epoch. It keeps each project's history, the units each
-    of its last versions changed, bounded by `history` entries and HISTORY_BYTES.
+    and so do ids, under another epoch. It keeps each project's History.
     """
 
     shared = False
     renew_every = math.inf
 
-    def __init__(self, on_change: Callable[..., None], clock: Callable[[], float] = time.monotonic,
-                 history: int = 100):
+    def __init__(self, on_change: Callable[[Change], None],
+                 clock: Callable[[], float] = time.monotonic, history: int = 100):
         self._on_change = on_change
         self._clock = clock
         self._history_bound = history
         self.epoch = f"{random.getrandbits(40):010x}"
-        self._stored: dict[str, tuple[Snapshot, float]] = {}  # slug -> (latest, fetched at)
+        self._stored: dict[str, _Stored] = {}
         self._history: dict[str, History] = {}
         self._refreshed_at: dict[str, float] = {}
+        self._held_until: dict[str, float] = {}
 
     def read(self, slug: str) -> tuple[Snapshot | None, float]:
-        snapshot, fetched_at = self._stored.get(slug, (None, -math.inf))
-        return snapshot, self._clock() - fetched_at
+        stored = self._stored.get(slug)
+        if stored is None:
+            return None, math.inf
+        return stored.snapshot, self._clock() - stored.fetched_at
+
+    def validators(self, slug: str) -> Validators | None:
+        stored = self._stored.get(slug)
+        return stored.validators if stored else None
 
     def slugs(self) -> list[str]:
         return list(self._stored)
 
+    def sync(self, slug: str) -> None:
+        pass
+
     def commit(self, slug: str, fetched: Fetched) -> Snapshot:
-        previous, _ = self.read(slug)
-        if fetched.base is not previous:      # another commit came in between: compare again
-            fetched = Fetched.over(previous, fetched.statuses, fetched.unknown)
+        previous = self.read(slug)[0]
+        fetched = fetched.against(previous)
         if fetched.unchanged:
-            self.touch(slug, self._clock())
+            self.touch(slug, self._clock(), fetched.validators)
             return previous
-        own_line = previous is not None and previous.epoch == self.epoch
         # A change to a shared line while this worker is alone starts a line of its own,
         # as a step from the shared version: its streams get the change, not everything.
-        snapshot = Snapshot.build(slug, self.epoch, previous.version + 1 if own_line else 1,
-                                  fetched.statuses, fetched.encoded)
-        self.install(snapshot, self._clock(), fetched.updates,
-                     base=(previous.epoch, previous.version) if previous else None)
+        own_line = previous is not None and previous.position.epoch == self.epoch
+        position = Position(self.epoch, previous.position.version + 1 if own_line else 1)
+        snapshot = Snapshot.build(slug, position, fetched.statuses, fetched.encoded)
+        self.install(Change(snapshot, previous.position if previous else None, fetched.updates),
+                     self._clock(), fetched.validators)
         return snapshot
 
-    def install(self, snapshot: Snapshot, fetched_at: float, updates: dict[str, str] | None,
-                history: list[tuple[int, list[str]]] = (), base: tuple[str, int] | None = None
-                ) -> None:
-        """Make `snapshot` the latest and tell the subscribers (see Store): `updates` step
-        from `base`, by default the version before. A step within the epoch adds to the
-        history; anything else starts it again, from `history` if given (a shared one's
-        entries, oldest first)."""
-        base = base or (snapshot.epoch, snapshot.version - 1)
-        self._stored[snapshot.slug] = (snapshot, fetched_at)
-        in_line = updates is not None and base == (snapshot.epoch, snapshot.version - 1)
-        kept = self._history.get(snapshot.slug)
-        if not in_line or kept is None:
-            kept = self._history[snapshot.slug] = History(self._history_bound)
-            for version, units in history:
-                kept.add(version, units)
-        if in_line:
-            kept.add(snapshot.version, updates)
-        self._on_change(snapshot, updates, base)
+    def install(self, change: Change, fetched_at: float, validators: Validators | None,
+                history: History | None = None) -> None:
+        """Make the change's snapshot the latest and tell the subscribers. Its step goes
+        into the project's history, or `history` (a shared one's) replaces it."""
+        snapshot = change.snapshot
+        self._stored[snapshot.slug] = _Stored(snapshot, fetched_at, validators)
+        if history is not None:
+            self._history[snapshot.slug] = history
+        else:
+            kept = self._history.setdefault(snapshot.slug, History(self._history_bound))
+            kept.add(change.base if change.updates is not None else None, snapshot.position,
+                     change.updates or ())
+        self._on_change(change)
 
-    def touch(self, slug: str, fetched_at: float) -> None:
+    def touch(self, slug: str, fetched_at: float, validators: Validators | None) -> None:
         """The latest snapshot was fetched again, unchanged."""
-        if slug in self._stored:
-            snapshot, before = self._stored[slug]
-            self._stored[slug] = (snapshot, max(before, fetched_at))
+        stored = self._stored.get(slug)
+        if stored is not None:
+            stored.fetched_at = max(stored.fetched_at, fetched_at)
+            stored.validators = validators
 
-    def changes_since(self, slug: str, epoch: str, version: int) -> dict[str, str] | None:
+    def changes_since(self, slug: str, held: Position) -> dict[str, str] | None:
         snapshot = self.read(slug)[0]
-        if snapshot is None or snapshot.epoch != epoch or version > snapshot.version:
-            return None
-        units = self._history[slug].since(version, snapshot.version)
+        if snapshot is None or held.epoch != snapshot.position.epoch:
+            return None                       # resume never crosses epochs (SPEC, Resume)
+        units = self._history.get(slug, History(0)).since(held, snapshot.position)
         if units is None:
             return None
         return {unit: snapshot.statuses.get(unit, "hidden") for unit in units}
+
+    def fetch(self, slug, timeout, do_fetch):
+        return do_fetch()
 
     def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float:
         now = self._clock()
@@ -1347,52 +1746,266 @@ class LocalStore(Store):
         self._refreshed_at[slug] = now
         return 0.0
 
-    def fetch(self, slug, timeout, do_fetch):
-        return do_fetch()
+    def hold(self, slug: str, seconds: float) -> None:
+        self._held_until[slug] = self._clock() + seconds
+
+    def held_for(self, slug: str) -> float:
+        return max(self._held_until.get(slug, -math.inf) - self._clock(), 0.0)
 
     def poll_turn(self, slug: str) -> float:
         return 0.0
 
+    def release_poll(self, slug: str) -> None:
+        pass
 
-class History:
-    """The units each of a project's last versions changed, oldest first: bounded by a
-    count and by HISTORY_BYTES (each entry weighed as its JSON), so that resuming costs
-    a union of a few sets, and never a fetch."""
+    def close(self) -> None:
+        pass
 
-    __slots__ = ("_bound", "_bytes", "_entries")
 
-    def __init__(self, bound: int):
-        self._bound = bound
-        self._entries: deque[tuple[int, frozenset[str], int]] = deque()
-        self._bytes = 0
+@dataclass
+class _FetchState:
+    """This worker's bookkeeping of one project's fetches."""
 
-    @property
-    def bytes(self) -> int:
-        return self._bytes
+    failures: int = 0                 # failed fetches in a row
+    parsed: tuple = ()                # (body digest, status lookup) of `committed`
+    committed: Snapshot | None = None # what this worker's last successful fetch made
+    retry_at: float = -math.inf       # after a failure, GETs wait for this before fetching
+    poll_due_at: float = -math.inf    # when the poller fetches next
+    held_back: bool = False           # the last failure was a Retry-After (logged once a spell)
+    unknown_logged: set = field(default_factory=set)
 
-    def add(self, version: int, units: Iterable[str]) -> None:
-        if self._entries and version != self._entries[-1][0] + 1:
-            self.clear()                      # not a step from the last one: no line to keep
-        units = frozenset(units)
-        weight = 16 + sum(len(unit) + 4 for unit in units)
-        self._entries.append((version, units, weight))
-        self._bytes += weight
-        while self._entries and (len(self._entries) > self._bound or self._bytes > HISTORY_BYTES):
-            self._bytes -= self._entries.popleft()[2]
 
-    def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
+class StatusService:
+    """The cache's rules (one fetch at a time, stale on failure, rate-limited refresh, a
+    client API's Retry-After and validators) and each project's poller; it commits into
+    the store and never talks to streams."""
 
-    def since(self, version: int, current: int) -> set[str] | None:
-        """The units changed after `version` up to `current`; None if the history does
-        not reach back that far."""
-        if version == current:
-            return set()
-        if not self._entries or self._entries[0][0] > version + 1 or self._entries[-1][0] != current:
+    def __init__(self, config: Config, directory: ProjectDirectory, client: UpstreamClient,
+                 store: Store, metrics: Metrics, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = gevent.sleep):
+        self.config = config
+        self.directory = directory
+        self.client = client
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self._sleep = sleep  # the poller's waits: tests drive them with a fake clock
+        self._states: defaultdict[str, _FetchState] = defaultdict(_FetchState)
+        self._fetches = SingleFlight()
+
+    def status(self, project: Project) -> Snapshot:
+        """What a GET serves: the snapshot if fresh, else a fetch, else the stale one."""
+        ttl = self.config.status_cache_ttl
+        snapshot, age = self.store.read(project.slug)
+        if age >= ttl:
+            self.store.sync(project.slug)  # perhaps another worker fetched it meanwhile
+            snapshot, age = self.store.read(project.slug)
+            if age >= ttl:
+                return self._fetch_or_stale(project, snapshot)
+        self.metrics.cache_hits.inc()
+        return snapshot
+
+    def _fetch_or_stale(self, project: Project, snapshot: Snapshot | None) -> Snapshot:
+        """A miss: fetch, unless a failure moments ago says not yet; on failure the stale
+        snapshot, or NoSnapshot when there is none."""
+        state = self._states[project.slug]
+        if project.slug not in self._fetches and self.clock() < state.retry_at:
+            return self._stale(snapshot, state.retry_at - self.clock())
+        try:
+            fetched = self._fetch_once(project)
+        except UpstreamError as exc:
+            return self._stale(snapshot, self._retry_in(state, exc))
+        self.metrics.cache.labels("miss").inc()
+        return fetched
+
+    def refresh(self, project: Project) -> Snapshot:
+        """Fetch now, bypassing the cache. A refresh that arrives while a fetch of the
+        project is under way (a poll, a miss, another refresh) joins it: that costs the
+        client API nothing, so it is not counted against REFRESH_MIN_INTERVAL. While the
+        client API holds us back (Retry-After), it answers as a failed refresh does."""
+        state = self._states[project.slug]
+        if project.slug not in self._fetches:
+            if (held := self.store.held_for(project.slug)) > 0:
+                self.metrics.upstream_deferred.inc()
+                return self._stale(self.store.read(project.slug)[0], held)
+            wait = self.store.claim_refresh(project.slug, self.config.refresh_min_interval,
+                                            project.timeout)
+            if wait > 0:
+                self.metrics.refresh_limited.inc()
+                raise RefreshLimited(wait)
+        try:
+            return self._fetch_once(project)
+        except UpstreamError as exc:
+            return self._stale(self.store.read(project.slug)[0], self._retry_in(state, exc))
+
+    def _retry_in(self, state: _FetchState, error: UpstreamError) -> float:
+        """When a GET that found no snapshot may ask again."""
+        return max(error.retry_after or 0.0, state.retry_at - self.clock(), 1.0)
+
+    def _stale(self, snapshot: Snapshot | None, retry_in: float) -> Snapshot:
+        if snapshot is None:
+            raise NoSnapshot(max(retry_in, 1.0))
+        self.metrics.cache.labels("stale").inc()
+        return snapshot
+
+    def _fetch_once(self, project: Project) -> Snapshot:
+        """One fetch per project at a time, in this worker and (the store's `fetch`) in
+        the deployment: everyone who asks meanwhile joins it. None while the client API's
+        Retry-After holds."""
+        slug = project.slug
+        if slug not in self._fetches and (held := self.store.held_for(slug)) > 0:
+            self.metrics.upstream_deferred.inc()
+            raise UpstreamError("deferred", f"Retry-After holds for {held:.1f}s", retry_after=held)
+        state = self._states[slug]
+        outcome = self._fetches.join(slug, lambda: self.store.fetch(
+            slug, project.timeout, lambda: self._fetch_here(project, state)))
+        if isinstance(outcome, UpstreamError):
+            raise outcome
+        return outcome
+
+    def _fetch_here(self, project: Project, state: _FetchState) -> Snapshot | UpstreamError:
+        started = self.clock()
+        try:
+            validators = self._validators_for(project)
+            answer = self.client.get(project, validators)
+            if isinstance(answer, NotModified):
+                outcome, fetched, parsed = "not_modified", self._not_modified(project, validators), state.parsed
+            else:
+                outcome = "ok"
+                fetched, parsed = self._prepare(project, state, answer)
+        except UpstreamError as exc:
+            error = exc
+        except Exception as exc:  # a bug of ours: log it, keep serving what we have
+            log.exception("project %s: fetch crashed", project.slug, extra={"project": project.slug})
+            error = UpstreamError("error", type(exc).__name__)
+        else:
+            snapshot = self._record_success(project, state, fetched, started, outcome)
+            state.parsed, state.committed = parsed, snapshot
+            return snapshot
+        self._record_failure(project, state, error, started)
+        return error
+
+    def _validators_for(self, project: Project) -> Validators | None:
+        """The validators of the snapshot held, if it was fetched under these settings:
+        a changed URL, credential or status mapping forgets them."""
+        validators = self.store.validators(project.slug)
+        if validators is None or validators.settings != project.settings:
             return None
-        return set().union(*(units for kept, units, _ in self._entries if kept > version))
+        return validators if self.store.read(project.slug)[0] is not None else None
 
+    def _not_modified(self, project: Project, validators: Validators) -> Fetched:
+        """A 304: the snapshot held, fetched again; no parse, no change to tell anyone."""
+        current = self.store.read(project.slug)[0]
+        if current is None:  # it went (Redis took its place) while the request was out
+            raise UpstreamError("http_error", "HTTP 304, and no snapshot to keep")
+        return Fetched(current.statuses, [], current, {}, True, validators=validators)
+
+    def _prepare(self, project: Project, state: _FetchState, answer: Body) -> tuple[Fetched, tuple]:
+        """The fetched statuses, and what they were parsed from. The body this worker's
+        last snapshot came from costs no parse; a big one is parsed, encoded and compared
+        in a thread, so that the worker serves on meanwhile (sharing the GIL)."""
+        body = answer.content
+        parsed = (hashlib.blake2b(body, digest_size=16).digest(), project.status_lookup)
+        current = self.store.read(project.slug)[0]
+        if parsed == state.parsed and current is not None and current is state.committed:
+            return Fetched(current.statuses, [], current, {}, True, validators=answer.validators), parsed
+        try:
+            if len(body) < PARSE_IN_THREAD_BYTES:
+                fetched = prepare_fetch(body, project.status_lookup, current)
+            else:
+                fetched = gevent.get_hub().threadpool.apply(
+                    prepare_fetch, (body, project.status_lookup, current))
+        except StatusParseError as exc:
+            raise UpstreamError("bad_body", str(exc)) from None
+        return dataclasses.replace(fetched, validators=answer.validators), parsed
+
+    def _record_success(self, project: Project, state: _FetchState, fetched: Fetched,
+                        started: float, outcome: str) -> Snapshot:
+        now = self.clock()
+        self.metrics.upstream_requests.labels(outcome).inc()
+        self.metrics.upstream_seconds.observe(now - started)
+        self._log_unknown(project.slug, state, fetched.unknown)
+        if state.failures:
+            log.warning("project %s: client API recovered after %d failed fetches",
+                        project.slug, state.failures,
+                        extra={"project": project.slug, "event": "upstream_recovered"})
+        state.failures = 0
+        state.held_back = False
+        state.poll_due_at = -math.inf  # no backoff: the snapshot's age says when to poll
+        return self.store.commit(project.slug, fetched)
+
+    def _record_failure(self, project: Project, state: _FetchState, error: UpstreamError,
+                        started: float) -> None:
+        now = self.clock()
+        self.metrics.upstream_requests.labels(error.outcome).inc()
+        self.metrics.upstream_seconds.observe(now - started)
+        state.failures += 1
+        if error.retry_after is not None:  # the client API said how long: no sooner, by anyone
+            self.store.hold(project.slug, error.retry_after)
+            delay = error.retry_after
+        else:
+            delay = backoff_delay(state.failures, project.poll_interval)
+        state.poll_due_at = now + delay
+        state.retry_at = now + min(delay, self.config.status_cache_ttl)
+        fallback = "the last good snapshot" if self.store.read(project.slug)[0] else "503 (no snapshot yet)"
+        extra = {"project": project.slug, "duration": round(now - started, 3)}
+        if error.retry_after is not None and not state.held_back:
+            log.warning("project %s: client API asks us to wait %.1fs (%s); serving %s",
+                        project.slug, error.retry_after, error.detail, fallback,
+                        extra={**extra, "event": "upstream_held_back"})
+        elif state.failures == 1:
+            log.warning("project %s: client API fetch failed (%s); serving %s",
+                        project.slug, error, fallback, extra={**extra, "event": "upstream_failed"})
+        else:
+            log.debug("project %s: fetch failed again (%d in a row): %s",
+                      project.slug, state.failures, error)
+        state.held_back = error.retry_after is not None
+
+    def _log_unknown(self, slug: str, state: _FetchState, unknown: list[str]) -> None:
+        for value in unknown:
+            if value in state.unknown_logged or len(state.unknown_logged) >= MAX_UNKNOWN_LOGGED:
+                continue
+            state.unknown_logged.add(value)
+            log.warning("project %s: unknown status value %r shown as hidden", slug, value[:100],
+                        extra={"project": slug, "event": "unknown_status"})
+
+    def poll(self, slug: str) -> None:
+        """The poller of one project: fetches at its interval while this worker holds the
+        project's poll lease (always, without Redis), and never while its client API's
+        Retry-After holds; returns when the project is gone. The fanout runs it while the
+        project has subscribers, and kills it after."""
+        settings = None
+        try:
+            while True:
+                try:
+                    project = self.directory.get(slug)
+                except (DatabaseUnavailable, DatabaseBusy):
+                    self._sleep(DB_RETRY_SECONDS)  # the directory logs it; streams stay open
+                    continue
+                if project is None:
+                    log.info("project %s is gone; closing its streams", slug, extra={"project": slug})
+                    return
+                if settings is not None and project != settings:
+                    self._states[slug].poll_due_at = -math.inf  # fixed, say: try it now
+                settings = project
+                turn = self.store.poll_turn(slug)
+                if turn > 0:  # another worker polls it; ask again when it may have let
+                    self._sleep(min(turn, project.poll_interval))  # go, or its lease lapsed
+                    continue
+                age = self.store.read(slug)[1]
+                wait = max(self._states[slug].poll_due_at - self.clock(), project.poll_interval - age,
+                           self.store.held_for(slug))
+                if wait > 0:
+                    self._sleep(min(wait, self.store.renew_every))
+                    continue
+                try:
+                    self._fetch_once(project)
+                except UpstreamError:
+                    pass  # logged by _fetch_here; poll_due_at now holds the backoff
+        finally:
+            self.store.release_poll(slug)
+
+# ---- the shared store (REDIS_URL)
 
 REDIS_PREFIX = "public-status:"
 CHANGES_CHANNEL = REDIS_PREFIX + "changes"
@@ -1400,50 +2013,43 @@ REDIS_RETRY_SECONDS = 1.0      # while Redis is away, how often to try it again
 REDIS_CONNECTIONS = 50         # per worker; the follower's subscription holds one
 SNAPSHOT_KEY_TTL = 86_400      # a project nobody fetches for a day leaves Redis
 
-# Commit one fetch: a new version only when the statuses changed (compared by digest),
-# then tell every worker, in commit order. A project's first commit (or the first after
-# its key expired, or Redis lost it) starts a new epoch, ARGV[7]. A step from the version
-# the worker compared against (ARGV[8], ARGV[9]) adds its changed units (ARGV[10]) to the
-# capped history list; anything else starts the list again. The statuses JSON is
-# spliced in as text, so its unit order survives. Returns {epoch, version, changed};
-# changed is 2 when the statuses were left out (the worker thought them unchanged) but
-# the digest differs: send them.
+# Commit one fetch, atomically: a new version only when the statuses changed (compared
+# by digest), its history entry appended (ARGV[8]: "<base>, <units>", as the worker
+# made it; readers judge entries by `succession`), then tell every worker, in commit
+# order. A project's first commit (or the first after its key expired, or Redis lost
+# it) starts a new epoch, ARGV[7], and history. The statuses JSON is spliced in as
+# text, so its unit order survives. Returns {kind, epoch, version}: kind "unchanged",
+# "changed", or "behind" (the worker sent no statuses, taking them to be unchanged, but
+# the digest differs: its mirror is behind).
 COMMIT_SCRIPT = """
 local old = redis.call('HMGET', KEYS[1], 'epoch', 'version', 'digest')
 local epoch, version = old[1], tonumber(old[2]) or 0
-local changed = old[3] ~= ARGV[1]
-if changed and ARGV[2] == '' then return {epoch or '', version, 2} end
-if not epoch then
-  epoch, version = ARGV[7], 0
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'history_bytes', 0)
-end
-if changed then
-  version = version + 1
-  if ARGV[8] == epoch and tonumber(ARGV[9]) == version - 1 then
-    local entry = '[' .. version .. ', ' .. ARGV[10] .. ']'
-    redis.call('RPUSH', KEYS[2], entry)
-    local size = redis.call('HINCRBY', KEYS[1], 'history_bytes', #entry)
-    while redis.call('LLEN', KEYS[2]) > 0 and (redis.call('LLEN', KEYS[2]) > tonumber(ARGV[11])
-                                                or size > tonumber(ARGV[12])) do
-      size = redis.call('HINCRBY', KEYS[1], 'history_bytes', -#redis.call('LPOP', KEYS[2]))
-    end
-  else
+local kind = 'unchanged'
+if old[3] ~= ARGV[1] then
+  if ARGV[2] == '' then return {'behind', '', 0} end
+  kind = 'changed'
+  if not epoch then
+    epoch, version = ARGV[7], 0
     redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'history_bytes', 0)
+    redis.call('HSET', KEYS[1], 'epoch', epoch, 'history_bytes', 0)
   end
-  redis.call('HSET', KEYS[1], 'version', version, 'digest', ARGV[1], 'statuses', ARGV[2],
-             'fetched_at', ARGV[3])
-else
-  redis.call('HSET', KEYS[1], 'fetched_at', ARGV[3])
+  version = version + 1
+  local entry = '[' .. version .. ', ' .. ARGV[8] .. ']'
+  redis.call('RPUSH', KEYS[2], entry)
+  local size = redis.call('HINCRBY', KEYS[1], 'history_bytes', #entry)
+  while redis.call('LLEN', KEYS[2]) > tonumber(ARGV[9]) or size > tonumber(ARGV[10]) do
+    size = redis.call('HINCRBY', KEYS[1], 'history_bytes', -#redis.call('LPOP', KEYS[2]))
+  end
+  redis.call('HSET', KEYS[1], 'version', version, 'digest', ARGV[1], 'statuses', ARGV[2])
 end
+redis.call('HSET', KEYS[1], 'fetched_at', ARGV[3], 'validators', ARGV[11])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-local message = '{"slug": ' .. ARGV[6] .. ', "epoch": "' .. epoch .. '", "version": ' .. version
-  .. ', "fetched_at": ' .. ARGV[3] .. ', "digest": "' .. ARGV[1] .. '"'
-if changed then message = message .. ', "statuses": ' .. ARGV[2] end
+local message = '{"kind": "commit", "slug": ' .. ARGV[6] .. ', "epoch": "' .. epoch .. '", "version": '
+  .. version .. ', "fetched_at": ' .. ARGV[3] .. ', "digest": "' .. ARGV[1] .. '", "validators": ' .. ARGV[11]
+if kind == 'changed' then message = message .. ', "statuses": ' .. ARGV[2] end
 redis.call('PUBLISH', ARGV[5], message .. '}')
-return {epoch, version, changed and 1 or 0}
+return {kind, epoch, version}
 """
 
 # Take or renew a lease (a poller's, or a fetch lock): 0 if it is (now) ours, else the
@@ -1483,12 +2089,249 @@ def _redis_key(kind: str, slug: str) -> str:
     return f"{REDIS_PREFIX}{kind}:{slug}"
 
 
-class RedisLink:
-    """This worker's connection to Redis, its mode, and its one subscription (every
-    worker's commits, to `on_message`). Shared while Redis answers; alone from the first
-    Redis error (logged once) until it answers again: then `on_return`, and shared."""
+class CommitKind(enum.Enum):
+    UNCHANGED = "unchanged"   # the statuses Redis holds: only the time (and validators) moved on
+    CHANGED = "changed"       # a new version
+    BEHIND = "behind"         # sent without statuses, but Redis holds others: send them
 
-    def __init__(self, url: str, on_message: Callable[[dict], None], on_return: Callable[[], None]):
+
+class SharedStore(Store):
+    """The Store of a whole deployment, through Redis: only statuses, versions,
+    validators, times and worker ids go there, never a credential.
+
+    Reads are served by this worker's mirror (a LocalStore), kept up to each version
+    committed anywhere: the link hands it every commit message (`on_message`). A
+    commit is a Lua script that bumps the version only on change and publishes it, in
+    order. One fetch per project in the deployment: its fetch lease; a worker that finds
+    it taken waits for the project's next message on the channel, which every fetch
+    ends with (a commit, or "failed"). Poll leases decide who polls; a Retry-After is a
+    key with that lifetime. Every operation may raise redis.RedisError (see RedisLink).
+    """
+
+    shared = True
+
+    def __init__(self, client: redis.Redis, me: str, mirror: LocalStore, lease_ttl: float,
+                 history: int):
+        self._client = client
+        self._me = me
+        self._mirror = mirror
+        self._history_bound = history
+        self._lease_ms = max(1, int(lease_ttl * 1000))
+        self.renew_every = lease_ttl / 3
+        self._commit = client.register_script(COMMIT_SCRIPT)
+        self._take = client.register_script(LEASE_SCRIPT)
+        self._claim = client.register_script(REFRESH_SCRIPT)
+        self._release = client.register_script(RELEASE_SCRIPT)
+        self._polling: set[str] = set()       # projects whose poll lease is ours
+        self._digests: dict[str, str] = {}    # of each mirrored snapshot's statuses, as committed
+        self._arrivals: dict[str, gevent.event.AsyncResult] = {}  # a fetch elsewhere: its end
+        self._loads = SingleFlight()
+
+    def __repr__(self) -> str:
+        return f"<SharedStore as {self._me}>"
+
+    # ---- snapshots
+
+    def read(self, slug: str) -> tuple[Snapshot | None, float]:
+        return self._mirror.read(slug)
+
+    def validators(self, slug: str) -> Validators | None:
+        return self._mirror.validators(slug)
+
+    def sync(self, slug: str) -> None:
+        # A burst of streams new to a project asks Redis once, not once each.
+        outcome = self._loads.join(slug, lambda: _returned(self.load, slug))
+        if isinstance(outcome, redis.RedisError):
+            raise outcome
+
+    def commit(self, slug: str, fetched: Fetched) -> Snapshot:
+        for attempt in range(3):
+            current = self._mirror.read(slug)[0]
+            now = fetched.against(current)
+            # Unchanged here, Redis checks it by digest, without the statuses; the last
+            # attempt sends them whatever happens.
+            statuses = "" if now.unchanged and slug in self._digests and attempt < 2 else None
+            kind, position, digest = self._run_commit(slug, now, statuses)
+            if kind is CommitKind.BEHIND:
+                self.load(slug)
+                continue
+            if kind is CommitKind.UNCHANGED and current is not None and current.position == position:
+                self._mirror.touch(slug, time.time(), now.validators)
+            elif kind is CommitKind.CHANGED and current is not None and current.position == Position(
+                    position.epoch, position.version - 1):
+                self._digests[slug] = digest
+                self._mirror.install(Change(Snapshot.build(slug, position, now.statuses, now.encoded),
+                                            current.position, now.updates), time.time(), now.validators)
+            else:                                 # Redis was elsewhere: take what it holds
+                self.load(slug)
+            return self._mirror.read(slug)[0]
+        raise redis.RedisError("no commit after three attempts")
+
+    def _run_commit(self, slug: str, fetched: Fetched, statuses: str | None
+                    ) -> tuple[CommitKind, Position, str]:
+        encoded = fetched.encoded if fetched.encoded is not None else json.dumps(fetched.statuses)
+        digest = self._digests[slug] if statuses == "" else hashlib.sha1(encoded.encode()).hexdigest()
+        base = fetched.base.position if fetched.base is not None and fetched.updates is not None else None
+        entry = f"{json.dumps(str(base) if base else None)}, {json.dumps(sorted(fetched.updates or ()))}"
+        validators = json.dumps(list(fetched.validators) if fetched.validators else None)
+        kind, epoch, version = self._commit(
+            keys=[_redis_key("snapshot", slug), _redis_key("history", slug)],
+            args=[digest, encoded if statuses is None else statuses, repr(time.time()),
+                  SNAPSHOT_KEY_TTL, CHANGES_CHANNEL, json.dumps(slug),
+                  f"{random.getrandbits(40):010x}", entry, self._history_bound, HISTORY_BYTES,
+                  validators])
+        return CommitKind(kind.decode()), Position(epoch.decode(), int(version)), digest
+
+    def changes_since(self, slug: str, held: Position) -> dict[str, str] | None:
+        return self._mirror.changes_since(slug, held)
+
+    def on_message(self, message: dict) -> None:
+        """A commit anywhere in the deployment (or a fetch that failed): the mirror takes
+        it, and whoever waited for that fetch hears of it."""
+        slug = message["slug"]
+        committed = message["kind"] == "commit"
+        if committed:
+            validators = message.get("validators")
+            self._adopt(slug, Position(message["epoch"], message["version"]), message["fetched_at"],
+                        message.get("statuses"), message["digest"],
+                        Validators(*validators) if validators else None)
+        arrival = self._arrivals.pop(slug, None)
+        if arrival is not None:
+            arrival.set(committed)
+
+    def _adopt(self, slug: str, position: Position, fetched_at: float,
+               statuses: dict[str, str] | None, digest: str, validators: Validators | None) -> None:
+        """Bring the mirror to a committed version; `statuses` None: it is unchanged."""
+        current = self._mirror.read(slug)[0]
+        held = current.position if current is not None else None
+        before = Position(position.epoch, position.version - 1) if position.version > 1 else None
+        match succession(held, position, before if statuses is not None else None):
+            case Succession.STEP:
+                self._digests[slug] = digest
+                snapshot = Snapshot.build(slug, position, statuses)
+                self._mirror.install(Change(snapshot, held, diff_statuses(current.statuses, statuses)),
+                                     fetched_at, validators)
+            case Succession.JUMP if statuses is not None and before is None:
+                self._digests[slug] = digest      # a new line: nothing came before it
+                self._mirror.install(Change(Snapshot.build(slug, position, statuses), None, None),
+                                     fetched_at, validators)
+            case Succession.JUMP:
+                self.load(slug)       # a change this worker missed, or the middle of a line
+            case Succession.STALE if held == position:
+                self._mirror.touch(slug, fetched_at, validators)
+
+    def load(self, slug: str) -> None:
+        """Take the project's snapshot and history as Redis has them, if it has them. The
+        mirror's streams get the difference from what they held."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hgetall(_redis_key("snapshot", slug))
+        pipe.lrange(_redis_key("history", slug), 0, -1)
+        stored, entries = pipe.execute()
+        if b"epoch" not in stored or b"statuses" not in stored:
+            self._digests.pop(slug, None)        # Redis lost it: the next commit sends all
+            return
+        position = Position(stored[b"epoch"].decode(), int(stored[b"version"]))
+        fetched_at = float(stored[b"fetched_at"])
+        validators = json.loads(stored.get(b"validators") or b"null")
+        validators = Validators(*validators) if validators else None
+        current = self._mirror.read(slug)[0]
+        self._digests[slug] = stored[b"digest"].decode()
+        if current is not None and current.position == position:
+            self._mirror.touch(slug, fetched_at, validators)
+            return
+        statuses = json.loads(stored[b"statuses"])
+        history = History.of(self._history_bound, (
+            (_position(base), Position(position.epoch, version), units)
+            for version, base, units in map(json.loads, entries)))
+        change = Change(Snapshot.build(slug, position, statuses),
+                        current.position if current else None,
+                        diff_statuses(current.statuses, statuses) if current else None)
+        self._mirror.install(change, fetched_at, validators, history)
+
+    # ---- fetches, refreshes, Retry-After
+
+    def fetch(self, slug, timeout, do_fetch):
+        if self._take(keys=[_redis_key("fetching", slug)], args=[self._me, _fetch_lock_ms(timeout)]) == 0:
+            outcome = do_fetch()
+            # Given back in a greenlet of its own: this fetch must end as soon as its
+            # outcome is made, before a stream writes it and a refresh could join it.
+            gevent.spawn(self._end_fetch, slug, isinstance(outcome, UpstreamError))
+            return outcome
+        arrival = self._arrivals.setdefault(slug, gevent.event.AsyncResult())
+        if not self._client.exists(_redis_key("fetching", slug)):
+            self._arrivals.pop(slug, None)        # it ended before we began to wait
+            self.sync(slug)
+            return self.read(slug)[0] or UpstreamError("remote", "no snapshot in Redis")
+        if arrival.wait(timeout + 1) is None:
+            return UpstreamError("remote", "another worker's fetch did not end in time")
+        return (arrival.value and self.read(slug)[0]) or UpstreamError("remote", "another worker's fetch failed")
+
+    def _end_fetch(self, slug: str, failed: bool) -> None:
+        try:
+            self._release(keys=[_redis_key("fetching", slug)], args=[self._me])
+            if failed:                            # a commit told everyone already
+                self._client.publish(CHANGES_CHANNEL, json.dumps({"kind": "failed", "slug": slug}))
+        except redis.RedisError as exc:           # the lock lapses by itself
+            log.debug("project %s: fetch lock not given back (%s)", slug, type(exc).__name__)
+
+    def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float:
+        keys = [_redis_key("refreshed", slug), _redis_key("fetching", slug)]
+        return self._claim(keys=keys, args=[self._me, int(min_interval * 1000),
+                                            _fetch_lock_ms(timeout)]) / 1000
+
+    def hold(self, slug: str, seconds: float) -> None:
+        if seconds > 0:
+            self._client.set(_redis_key("held", slug), self._me, px=max(1, int(seconds * 1000)))
+
+    def held_for(self, slug: str) -> float:
+        return max(self._client.pttl(_redis_key("held", slug)), 0) / 1000
+
+    # ---- polling
+
+    def poll_turn(self, slug: str) -> float:
+        left_ms = self._take(keys=[_redis_key("lease", slug)], args=[self._me, self._lease_ms])
+        if left_ms == 0:
+            self._polling.add(slug)
+            return 0.0
+        self._polling.discard(slug)
+        return max(left_ms, 20) / 1000
+
+    def release_poll(self, slug: str) -> None:
+        if slug in self._polling:
+            self._polling.discard(slug)
+            self._release(keys=[_redis_key("lease", slug)], args=[self._me])
+
+    def close(self) -> None:
+        for slug in list(self._polling):
+            self.release_poll(slug)
+
+
+def _fetch_lock_ms(timeout: float) -> int:
+    return int((timeout + 1) * 1000)  # a worker that dies mid-fetch lets go by itself
+
+
+def _position(text: str | None) -> Position | None:
+    epoch, _, version = (text or "").rpartition("-")
+    return Position(epoch, int(version)) if epoch and version.isdecimal() else None
+
+
+def _returned(work: Callable[[str], Any], slug: str) -> Any:
+    """`work(slug)`, its Redis error returned rather than raised (see SingleFlight)."""
+    try:
+        return work(slug)
+    except redis.RedisError as exc:
+        return exc
+
+
+class RedisLink(Store):
+    """The Store with REDIS_URL: the shared store while Redis answers, and from the first
+    Redis error (logged once) until it answers again, this worker's mirror alone, as
+    without REDIS_URL; then, the shared snapshots taken back, shared again. An operation
+    that fails on the shared store is done again on the mirror. The follower greenlet
+    holds the one subscription (every worker's commits) and tries Redis while away."""
+
+    def __init__(self, url: str, on_change: Callable[[Change], None], lease_ttl: float,
+                 history: int = 100):
         # A burst (a launch's viewers, each asking for a snapshot at once) waits for a
         # connection rather than failing as if Redis were away.
         pool = redis.BlockingConnectionPool.from_url(
@@ -1496,42 +2339,90 @@ class RedisLink:
             socket_connect_timeout=1, health_check_interval=10)
         self.client = redis.Redis(connection_pool=pool)
         self.me = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
-        self.shared = True
-        self._on_message = on_message
-        self._on_return = on_return
+        # The mirror, on wall time (shared by machines); its own epoch is this worker's
+        # line while Redis is away.
+        self.alone = LocalStore(on_change, time.time, history)
+        self.together = SharedStore(self.client, self.me, self.alone, lease_ttl, history)
+        self.current: Store = self.together
         self._closed = False
         self._follower = gevent.spawn(self._follow)
 
-    def run(self, operation: Callable[[], Any], alone: Callable[[], Any]) -> Any:
-        """`operation()` through Redis; `alone()` if Redis is away or fails now."""
-        if self.shared:
+    def __repr__(self) -> str:
+        return f"<RedisLink {'shared' if self.shared else 'alone'} as {self.me}>"
+
+    @property
+    def shared(self) -> bool:
+        return self.current is self.together
+
+    @property
+    def renew_every(self) -> float:
+        return self.current.renew_every
+
+    def _run(self, operation: Callable[[Store], Any]) -> Any:
+        store = self.current
+        if store is self.together:
             try:
-                return operation()
+                return operation(store)
             except redis.RedisError as exc:
                 self._lose(exc)
-        return alone()
+        return operation(self.alone)
+
+    def read(self, slug):
+        return self.alone.read(slug)                          # the mirror, either way
+
+    def validators(self, slug):
+        return self.alone.validators(slug)
+
+    def changes_since(self, slug, held):
+        return self.alone.changes_since(slug, held)
+
+    def sync(self, slug):
+        return self._run(lambda store: store.sync(slug))
+
+    def commit(self, slug, fetched):
+        return self._run(lambda store: store.commit(slug, fetched))
+
+    def fetch(self, slug, timeout, do_fetch):
+        return self._run(lambda store: store.fetch(slug, timeout, do_fetch))
+
+    def claim_refresh(self, slug, min_interval, timeout):
+        return self._run(lambda store: store.claim_refresh(slug, min_interval, timeout))
+
+    def hold(self, slug, seconds):
+        return self._run(lambda store: store.hold(slug, seconds))
+
+    def held_for(self, slug):
+        return self._run(lambda store: store.held_for(slug))
+
+    def poll_turn(self, slug):
+        return self._run(lambda store: store.poll_turn(slug))
+
+    def release_poll(self, slug):
+        return self._run(lambda store: store.release_poll(slug))
 
     def close(self) -> None:
+        self._run(lambda store: store.close())
         self._closed = True
         self._follower.kill(timeout=1)   # before its connection closes under it
         self.client.close()
 
     def _lose(self, exc: Exception) -> None:
-        if self.shared:
-            self.shared = False
+        if self.current is self.together:
+            self.current = self.alone
             log.error("Redis unavailable (%s): this worker polls and serves on its own until "
                       "it is back", type(exc).__name__, extra={"event": "redis_unavailable"})
 
     def _follow(self) -> None:
         while not self._closed:
-            if not self.shared:
+            if self.current is not self.together:
                 gevent.sleep(REDIS_RETRY_SECONDS)
                 try:
                     self.client.ping()
-                    self._on_return()
+                    for slug in self.alone.slugs():   # the shared line, as Redis has it
+                        self.together.load(slug)
                 except redis.RedisError:
                     continue
-                self.shared = True
+                self.current = self.together
                 log.warning("Redis reachable again: pollers and snapshots are shared again",
                             extra={"event": "redis_recovered"})
             try:
@@ -1543,473 +2434,70 @@ class RedisLink:
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(CHANGES_CHANNEL)
-            while self.shared and not self._closed:
+            while self.current is self.together and not self._closed:
                 message = pubsub.get_message(timeout=1.0)
                 if message is None:
                     continue
                 try:
-                    self._on_message(json.loads(message["data"]))
+                    self.together.on_message(json.loads(message["data"]))
                 except (ValueError, KeyError, TypeError):  # anyone may publish on a channel
                     log.warning("ignored a malformed message on %s", CHANGES_CHANNEL)
         finally:
             pubsub.close()
 
 
-class RedisLeases:
-    """Who polls or fetches a project: poll leases, fetch locks and refresh claims, each
-    a key holding the owning worker's id `me`, taken and given back by Lua scripts."""
-
-    def __init__(self, client: redis.Redis, me: str, lease_ttl: float):
-        self._client = client
-        self._me = me
-        self._lease_ms = max(1, int(lease_ttl * 1000))
-        self._take = self._client.register_script(LEASE_SCRIPT)
-        self._claim = self._client.register_script(REFRESH_SCRIPT)
-        self._release = self._client.register_script(RELEASE_SCRIPT)
-        self._held: set[str] = set()          # projects whose poll lease is ours
-
-    def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float:
-        keys = [_redis_key("refreshed", slug), _redis_key("fetching", slug)]
-        return self._claim(keys=keys, args=[self._me, int(min_interval * 1000),
-                                            self._fetch_lock_ms(timeout)]) / 1000
-
-    def begin_fetch(self, slug: str, timeout: float) -> bool:
-        return self._take(keys=[_redis_key("fetching", slug)],
-                          args=[self._me, self._fetch_lock_ms(timeout)]) == 0
-
-    @staticmethod
-    def _fetch_lock_ms(timeout: float) -> int:
-        return int((timeout + 1) * 1000)  # a worker that dies mid-fetch lets go by itself
-
-    def end_fetch(self, slug: str, failed: bool) -> None:
-        self._release(keys=[_redis_key("fetching", slug)], args=[self._me])
-        if failed:  # those waiting for it hear at once
-            self._client.publish(CHANGES_CHANNEL, json.dumps({"slug": slug, "failed": True}))
-
-    def fetching(self, slug: str) -> bool:
-        return bool(self._client.exists(_redis_key("fetching", slug)))
-
-    def poll_turn(self, slug: str) -> float:
-        left_ms = self._take(keys=[_redis_key("lease", slug)], args=[self._me, self._lease_ms])
-        if left_ms == 0:
-            self._held.add(slug)
-            return 0.0
-        self._held.discard(slug)
-        return max(left_ms, 20) / 1000
-
-    def release_poll(self, slug: str) -> None:
-        if slug in self._held:
-            self._held.discard(slug)
-            self._release(keys=[_redis_key("lease", slug)], args=[self._me])
-
-    def release_all(self) -> None:
-        for slug in list(self._held):
-            self.release_poll(slug)
-
-
-class RedisStore(Store):
-    """The Store of a whole deployment, through Redis (REDIS_URL): only statuses,
-    versions, times and worker ids go there, never a credential.
-
-    Reads are served by this worker's mirror (a LocalStore), brought up to each version
-    the follower hears of; a commit is a Lua script that bumps the version only on
-    change and publishes it, in order; leases decide who polls and who fetches. While
-    Redis is away each operation takes its worker-alone way, the mirror carrying on as
-    without REDIS_URL; when Redis is back, the mirror takes the shared snapshots again.
-    """
-
-    def __init__(self, url: str, on_change: Callable[..., None], lease_ttl: float,
-                 history: int = 100):
-        # The mirror, on wall time (shared by machines); its own epoch is this worker's
-        # line while Redis is away.
-        self._local = LocalStore(on_change, time.time, history)
-        self._history_bound = history
-        self._waiters: dict[str, gevent.event.AsyncResult] = {}  # for another worker's fetch
-        self._digests: dict[str, str] = {}    # of each mirrored snapshot, as committed
-        self._syncs = SingleFlight()
-        self._link = RedisLink(url, self._on_message, self._rejoin)
-        self._leases = RedisLeases(self._link.client, self._link.me, lease_ttl)
-        self._commit = self._link.client.register_script(COMMIT_SCRIPT)
-        self.renew_every = lease_ttl / 3
-
-    def __repr__(self) -> str:
-        return f"<RedisStore {'shared' if self.shared else 'alone'} as {self._link.me}>"
-
-    @property
-    def shared(self) -> bool:
-        return self._link.shared
-
-    def read(self, slug: str) -> tuple[Snapshot | None, float]:
-        return self._local.read(slug)
-
-    def sync(self, slug: str) -> None:
-        # A burst of streams new to a project asks Redis once, not once each.
-        self._syncs.join(slug, lambda: self._link.run(lambda: self._load(slug), lambda: None))
-
-    def commit(self, slug: str, fetched: Fetched) -> Snapshot:
-        def shared():
-            current = self._local.read(slug)[0]
-            now = fetched if fetched.base is current else Fetched.over(
-                current, fetched.statuses, fetched.unknown)
-            changed = 2
-            if now.unchanged and slug in self._digests:  # Redis checks it, without the JSON
-                digest, encoded = self._digests[slug], ""
-                epoch, version, changed, fetched_at = self._commit_script(slug, digest, encoded, now)
-            if changed == 2:
-                encoded = now.encoded if now.encoded is not None else json.dumps(now.statuses)
-                digest = hashlib.sha1(encoded.encode()).hexdigest()
-                epoch, version, changed, fetched_at = self._commit_script(slug, digest, encoded, now)
-            self._adopt(slug, epoch, version, fetched_at, now.statuses if changed else None,
-                        prepared=now, digest=digest)
-            return self._local.read(slug)[0]
-        return self._link.run(shared, lambda: self._local.commit(slug, fetched))
-
-    def _commit_script(self, slug: str, digest: str, encoded: str,
-                       fetched: Fetched) -> tuple[str, int, int, float]:
-        """Run COMMIT_SCRIPT: (epoch, version, changed, fetched_at)."""
-        fetched_at = time.time()
-        base = fetched.base if fetched.updates is not None else None
-        epoch, version, changed = self._commit(
-            keys=[_redis_key("snapshot", slug), _redis_key("history", slug)],
-            args=[digest, encoded, repr(fetched_at), SNAPSHOT_KEY_TTL, CHANGES_CHANNEL,
-                  json.dumps(slug), f"{random.getrandbits(40):010x}",
-                  base.epoch if base else "", base.version if base else -1,
-                  json.dumps(list(fetched.updates or ())), self._history_bound, HISTORY_BYTES])
-        return epoch.decode(), int(version), int(changed), fetched_at
-
-    def changes_since(self, slug: str, epoch: str, version: int) -> dict[str, str] | None:
-        return self._local.changes_since(slug, epoch, version)
-
-    def fetch(self, slug, timeout, do_fetch):
-        if self._link.run(lambda: self._leases.begin_fetch(slug, timeout), lambda: True):
-            outcome = do_fetch()
-            failed = isinstance(outcome, UpstreamError)
-            # Given back in a greenlet of its own: this fetch must end as soon as its
-            # outcome is made, before a stream writes it and a refresh could join it.
-            gevent.spawn(self._link.run, lambda: self._leases.end_fetch(slug, failed), lambda: None)
-            return outcome
-        waiter = self._waiters.setdefault(slug, gevent.event.AsyncResult())
-        if not self._link.run(lambda: self._leases.fetching(slug), lambda: False):
-            self._waiters.pop(slug, None)  # it ended before we began to wait
-            self.sync(slug)
-            return self.read(slug)[0] or UpstreamError("remote", "no snapshot in Redis")
-        return waiter.wait(timeout + 1) or UpstreamError("remote", "another worker's fetch failed")
-
-    def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float:
-        return self._link.run(lambda: self._leases.claim_refresh(slug, min_interval, timeout),
-                              lambda: self._local.claim_refresh(slug, min_interval, timeout))
-
-    def poll_turn(self, slug: str) -> float:
-        return self._link.run(lambda: self._leases.poll_turn(slug), lambda: 0.0)
-
-    def release_poll(self, slug: str) -> None:
-        self._link.run(lambda: self._leases.release_poll(slug), lambda: None)
-
-    def close(self) -> None:
-        self._link.run(self._leases.release_all, lambda: None)
-        self._link.close()
-
-    # ---- keeping the mirror
-
-    def _on_message(self, message: dict) -> None:
-        slug = message["slug"]
-        if not message.get("failed"):
-            self._adopt(slug, message["epoch"], message["version"], message["fetched_at"],
-                        message.get("statuses"), digest=message.get("digest"))
-        waiter = self._waiters.pop(slug, None)
-        if waiter is not None:
-            waiter.set(None if message.get("failed") else self._local.read(slug)[0])
-
-    def _rejoin(self) -> None:
-        """Redis is back: take the shared snapshots (their epochs, their histories) as
-        they are there, whatever this worker committed in its own line meanwhile. A
-        project Redis lost gets a new shared epoch at its next commit."""
-        for slug in self._local.slugs():
-            self._load(slug)
-
-    def _load(self, slug: str) -> None:
-        """Adopt the project's snapshot and history as Redis has them, if it has them."""
-        pipe = self._link.client.pipeline(transaction=False)
-        pipe.hgetall(_redis_key("snapshot", slug))
-        pipe.lrange(_redis_key("history", slug), 0, -1)
-        stored, entries = pipe.execute()
-        if b"epoch" not in stored or b"statuses" not in stored:
-            return
-        epoch, version = stored[b"epoch"].decode(), int(stored[b"version"])
-        current = self._local.read(slug)[0]
-        if current is not None and (current.epoch, current.version) == (epoch, version):
-            self._local.touch(slug, float(stored[b"fetched_at"]))
-            return
-        self._digests[slug] = stored[b"digest"].decode()
-        history = [(entry[0], entry[1] if isinstance(entry[1], list) else [])
-                   for entry in map(json.loads, entries)]
-        self._local.install(Snapshot.build(slug, epoch, version, json.loads(stored[b"statuses"])),
-                            float(stored[b"fetched_at"]), None, history)
-
-    def _adopt(self, slug: str, epoch: str, version: int, fetched_at: float,
-               statuses: dict[str, str] | None, prepared: Fetched | None = None,
-               digest: str | None = None) -> None:
-        """Bring the mirror up to a committed version (`digest`, if told, is its
-        statuses'); `statuses` None: unchanged. `prepared`: this worker's own fetch, its
-        diff and JSON made already."""
-        current, _ = self._local.read(slug)
-        line = current is not None and current.epoch == epoch
-        if line and version <= current.version:
-            if version == current.version:
-                self._local.touch(slug, fetched_at)
-            return
-        in_step = line and version == current.version + 1
-        if statuses is None or not (in_step or version == 1):
-            self._load(slug)  # a change this worker missed, or the middle of another line
-            return
-        if digest is not None:
-            self._digests[slug] = digest
-        own = prepared is not None and prepared.base is current
-        updates = None
-        if in_step:
-            updates = prepared.updates if own else diff_statuses(current.statuses, statuses)
-        self._local.install(Snapshot.build(slug, epoch, version, statuses,
-                                           prepared.encoded if own else None), fetched_at, updates)
-
-
-def make_store(config: Config, on_change: Callable[..., None],
+def make_store(config: Config, on_change: Callable[[Change], None],
                clock: Callable[[], float] = time.monotonic) -> Store:
     if config.redis_url:
-        return RedisStore(config.redis_url, on_change, config.poll_lease_ttl, config.sse_history)
+        return RedisLink(config.redis_url, on_change, config.poll_lease_ttl, config.sse_history)
     return LocalStore(on_change, clock, config.sse_history)
-
-
-@dataclass
-class _FetchState:
-    """This worker's bookkeeping of one project's fetches."""
-
-    failures: int = 0                 # failed fetches in a row
-    parsed: tuple = ()                # (body digest, status lookup) of `committed`
-    committed: Snapshot | None = None # what this worker's last successful fetch made
-    retry_at: float = -math.inf       # after a failure, GETs wait for this before fetching
-    poll_due_at: float = -math.inf    # when the poller fetches next
-    unknown_logged: set = field(default_factory=set)
-
-
-MAX_UNKNOWN_LOGGED = 100  # distinct unknown values logged per project
-
-
-class StatusService:
-    """The cache's rules (one fetch at a time, stale on failure, rate-limited refresh)
-    and each project's poller; it commits into the store and never talks to streams."""
-
-    def __init__(self, config: Config, directory: ProjectDirectory, client: UpstreamClient,
-                 store: Store, metrics: Metrics, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = gevent.sleep):
-        self.config = config
-        self.directory = directory
-        self.client = client
-        self.store = store
-        self.metrics = metrics
-        self.clock = clock
-        self._sleep = sleep  # the poller's waits: tests drive them with a fake clock
-        self._states: defaultdict[str, _FetchState] = defaultdict(_FetchState)
-        self._fetches = SingleFlight()
-
-    def status(self, project: Project) -> Snapshot:
-        """What a GET serves: the snapshot if fresh, else a fetch, else the stale one."""
-        ttl = self.config.status_cache_ttl
-        snapshot, age = self.store.read(project.slug)
-        if age >= ttl:
-            self.store.sync(project.slug)  # perhaps another worker fetched it meanwhile
-            snapshot, age = self.store.read(project.slug)
-            if age >= ttl:
-                return self._fetch_or_stale(project, snapshot)
-        self.metrics.cache_hits.inc()
-        return snapshot
-
-    def _fetch_or_stale(self, project: Project, snapshot: Snapshot | None) -> Snapshot:
-        """A miss: fetch, unless a failure moments ago says not yet; on failure the stale
-        snapshot, or NoSnapshot when there is none."""
-        now = self.clock()
-        state = self._states[project.slug]
-        if project.slug not in self._fetches and now < state.retry_at:
-            return self._stale(snapshot, state)
-        try:
-            fetched = self._fetch_once(project)
-        except UpstreamError:
-            return self._stale(snapshot, state)
-        self.metrics.cache.labels("miss").inc()
-        return fetched
-
-    def refresh(self, project: Project) -> Snapshot:
-        """Fetch now, bypassing the cache. A refresh that arrives while a fetch of the
-        project is under way (a poll, a miss, another refresh) joins it: that costs the
-        client API nothing, so it is not counted against REFRESH_MIN_INTERVAL."""
-        state = self._states[project.slug]
-        if project.slug not in self._fetches:
-            wait = self.store.claim_refresh(project.slug, self.config.refresh_min_interval,
-                                            project.timeout)
-            if wait > 0:
-                self.metrics.refresh_limited.inc()
-                raise RefreshLimited(wait)
-        try:
-            return self._fetch_once(project)
-        except UpstreamError:
-            return self._stale(self.store.read(project.slug)[0], state)
-
-    def _stale(self, snapshot: Snapshot | None, state: _FetchState) -> Snapshot:
-        if snapshot is None:
-            raise NoSnapshot(max(state.retry_at - self.clock(), 1.0))
-        self.metrics.cache.labels("stale").inc()
-        return snapshot
-
-    def _fetch_once(self, project: Project) -> Snapshot:
-        """One fetch per project at a time, in this worker and (the store's `fetch`) in
-        the deployment: everyone who asks meanwhile joins it."""
-        state = self._states[project.slug]
-        outcome = self._fetches.join(project.slug, lambda: self.store.fetch(
-            project.slug, project.timeout, lambda: self._fetch_here(project, state)))
-        if isinstance(outcome, UpstreamError):
-            raise outcome
-        return outcome
-
-    def _fetch_here(self, project: Project, state: _FetchState) -> Snapshot | UpstreamError:
-        started = self.clock()
-        try:
-            fetched, parsed = self._prepare(project, state, self.client.get(project))
-        except UpstreamError as exc:
-            error = exc
-        except Exception as exc:  # a bug of ours: log it, keep serving what we have
-            log.exception("project %s: fetch crashed", project.slug, extra={"project": project.slug})
-            error = UpstreamError("error", type(exc).__name__)
-        else:
-            snapshot = self._record_success(project, state, fetched, started)
-            state.parsed, state.committed = parsed, snapshot
-            return snapshot
-        self._record_failure(project, state, error, started)
-        return error
-
-    def _prepare(self, project: Project, state: _FetchState, body: bytes) -> tuple[Fetched, tuple]:
-        """The fetched statuses, and what they were parsed from. The body this worker's
-        last snapshot came from costs no parse; a big one is parsed, encoded and compared
-        in a thread, so that the worker serves on meanwhile (sharing the GIL)."""
-        parsed = (hashlib.blake2b(body, digest_size=16).digest(), project.status_lookup)
-        current = self.store.read(project.slug)[0]
-        if parsed == state.parsed and current is not None and current is state.committed:
-            return Fetched(current.statuses, [], current, {}, True), parsed
-        try:
-            if len(body) < PARSE_IN_THREAD_BYTES:
-                return prepare_fetch(body, project.status_lookup, current), parsed
-            return gevent.get_hub().threadpool.apply(
-                prepare_fetch, (body, project.status_lookup, current)), parsed
-        except StatusParseError as exc:
-            raise UpstreamError("bad_body", str(exc)) from None
-
-    def _record_success(self, project: Project, state: _FetchState, fetched: Fetched,
-                        started: float) -> Snapshot:
-        now = self.clock()
-        self.metrics.upstream_requests.labels("ok").inc()
-        self.metrics.upstream_seconds.observe(now - started)
-        self._log_unknown(project.slug, state, fetched.unknown)
-        if state.failures:
-            log.warning("project %s: client API recovered after %d failed fetches",
-                        project.slug, state.failures,
-                        extra={"project": project.slug, "event": "upstream_recovered"})
-        state.failures = 0
-        state.poll_due_at = -math.inf  # no backoff: the snapshot's age says when to poll
-        return self.store.commit(project.slug, fetched)
-
-    def _record_failure(self, project: Project, state: _FetchState, error: UpstreamError,
-                        started: float) -> None:
-        now = self.clock()
-        self.metrics.upstream_requests.labels(error.outcome).inc()
-        self.metrics.upstream_seconds.observe(now - started)
-        state.failures += 1
-        delay = backoff_delay(state.failures, project.poll_interval)
-        state.poll_due_at = now + delay
-        state.retry_at = now + min(delay, self.config.status_cache_ttl)
-        if state.failures == 1:
-            fallback = ("the last good snapshot" if self.store.read(project.slug)[0]
-                        else "503 (no snapshot yet)")
-            log.warning("project %s: client API fetch failed (%s); serving %s",
-                        project.slug, error, fallback,
-                        extra={"project": project.slug, "event": "upstream_failed",
-                               "duration": round(now - started, 3)})
-        else:
-            log.debug("project %s: fetch failed again (%d in a row): %s",
-                      project.slug, state.failures, error)
-
-    def _log_unknown(self, slug: str, state: _FetchState, unknown: list[str]) -> None:
-        for value in unknown:
-            if value in state.unknown_logged or len(state.unknown_logged) >= MAX_UNKNOWN_LOGGED:
-                continue
-            state.unknown_logged.add(value)
-            log.warning("project %s: unknown status value %r shown as hidden", slug, value[:100],
-                        extra={"project": slug, "event": "unknown_status"})
-
-    def poll(self, slug: str) -> None:
-        """The poller of one project: fetches at its interval while this worker holds the
-        project's poll lease (always, without Redis); returns when the project is gone.
-        The fanout runs it while the project has subscribers, and kills it after."""
-        settings = None
-        try:
-            while True:
-                try:
-                    project = self.directory.get(slug)
-                except (DatabaseUnavailable, DatabaseBusy):
-                    self._sleep(DB_RETRY_SECONDS)  # the directory logs it; streams stay open
-                    continue
-                if project is None:
-                    log.info("project %s is gone; closing its streams", slug, extra={"project": slug})
-                    return
-                if settings is not None and project != settings:
-                    self._states[slug].poll_due_at = -math.inf  # fixed, say: try it now
-                settings = project
-                turn = self.store.poll_turn(slug)
-                if turn > 0:  # another worker polls it; ask again when it may have let
-                    self._sleep(min(turn, project.poll_interval))  # go, or its lease lapsed
-                    continue
-                age = self.store.read(slug)[1]
-                wait = max(self._states[slug].poll_due_at - self.clock(), project.poll_interval - age)
-                if wait > 0:
-                    self._sleep(min(wait, self.store.renew_every))
-                    continue
-                try:
-                    self._fetch_once(project)
-                except UpstreamError:
-                    pass  # logged by _fetch; poll_due_at now holds the backoff
-        finally:
-            self.store.release_poll(slug)
-
-
 # --------------------------------------------------------------------------- SSE
 
-# What the fanout hands a stream, one case each. A stream writes them in order and
-# keeps the (epoch, version) it last sent, so each case knows what to write.
+STREAM_QUEUE_SIZE = 64            # messages a slow reader may fall behind before it is dropped
+STRAY_BYTES_LIMIT = 64 * 1024     # an EventSource sends nothing after its request; past this, drop it
+ENDING_SECONDS = 2.0              # a stream's last words not taken within this: hang up
+POLLER_RESTART_SECONDS = 1.0      # a poller that crashed (a bug of ours) starts again after this
+MUX_ID_LIMIT = 4096               # characters of a multiplexed id looked at, at most
+
 
 @dataclass(frozen=True, slots=True)
 class Ping:
     message: Wire           # a keep-alive, the same bytes for every stream of the worker
 
 
-@dataclass(frozen=True, slots=True)
-class Delta:
-    snapshot: Snapshot      # the step to this version from `base`, an (epoch, version):
-    message: Wire | None    # its bulk_update (None if nothing visible changed)
-    base: tuple[str, int]
+Delivery = Ping | Change   # what the fanout hands a stream, one case each
 
 
-@dataclass(frozen=True, slots=True)
-class Full:
-    snapshot: Snapshot      # no step from the version before: sent whole, if newer or of
-                            # another epoch (a new line replaces whatever the stream held)
-
-
-Delivery = Ping | Delta | Full
-
-
-def parse_event_id(text: str | None) -> tuple[str, int] | None:
-    """`<epoch>-<version>` -> (epoch, version); None for anything else."""
+def parse_event_id(text: str | None) -> Position | None:
+    """`<epoch>-<version>` -> Position; None for anything else, however long."""
     epoch, _, version = (text or "").strip().rpartition("-")
-    if not (epoch.isalnum() and version.isdecimal() and (epoch + version).isascii()):
+    if not (0 < len(epoch) <= 32 and 0 < len(version) <= 18 and epoch.isalnum()
+            and version.isdecimal() and (epoch + version).isascii()):
         return None
-    return epoch, int(version)
+    return Position(epoch, int(version))
+
+
+@functools.lru_cache(maxsize=16_384)
+def project_tag(slug: str) -> str:
+    """A project's name in a multiplexed id: 8 characters of a digest of its slug (40
+    bits: two projects of one stream never share one)."""
+    return base64.b32encode(hashlib.blake2b(slug.encode(), digest_size=5).digest()).decode().lower()
+
+
+def mux_event_id(held: Mapping[str, Position | None]) -> str:
+    """The id of a multiplexed stream's message: every project's position, by tag."""
+    return ".".join(f"{project_tag(slug)}-{position}" for slug, position in held.items()
+                    if position is not None)
+
+
+def parse_mux_event_id(text: str | None) -> dict[str, Position]:
+    """A multiplexed id -> tag -> Position; what cannot be read is left out."""
+    found: dict[str, Position] = {}
+    for part in (text or "")[:MUX_ID_LIMIT].strip().split("."):
+        tag, _, rest = part.partition("-")
+        if len(tag) == 8 and (position := parse_event_id(rest)) is not None:
+            found[tag] = position
+    return found
 
 
 def retry_message(retry_ms: int, spread_ms: int, rand: Callable[[], float] = random.random) -> bytes:
@@ -2018,212 +2506,550 @@ def retry_message(retry_ms: int, spread_ms: int, rand: Callable[[], float] = ran
     return SSEMessage(retry=retry_ms + int(spread_ms * rand())).encode()
 
 
-class Stream:
-    """One open stream: the response body, `connected`, then the full snapshot, or for a
-    client resuming from `last_event_id` what it missed (one merged bulk_update, or
-    nothing if it is current), then changes and pings. The WSGI server gets it as it is
-    (`direct_passthrough`) and calls `close()` at the end.
+class StreamStats:
+    """What every stream's writer counts, for the metrics: messages written (one per
+    message per stream) and bytes held that sockets have not taken yet."""
 
-    A stream waiting for news, its socket's buffer empty of what it wrote, takes a
-    delivery by writing it to the socket there and then (the fanout's greenlet, one
-    `send` of bytes all its streams share): waking 10,000 greenlets to write one change
-    costs more than the writes. Otherwise the delivery waits in a bounded mailbox (a
-    list and an Event: a tenth of a gevent Queue's memory, emptied in one write), and so
-    does the rest of a write the socket did not take whole, for the stream's own
-    greenlet to write when the client reads again."""
+    __slots__ = ("buffered", "messages")
 
-    __slots__ = ("_chunked", "_crc", "_fanout", "_gzip", "_held", "_last_event_id", "_parked",
-                 "_pending", "_ready", "_sent", "_socket", "_store", "_unsent", "_watcher",
-                 "closed", "slug", "written")
+    def __init__(self):
+        self.messages = 0
+        self.buffered = 0
 
-    def __init__(self, fanout: Fanout, store: Store, slug: str, sock: socket.socket | None,
-                 last_event_id: str | None = None, gzip: bool = False, chunked: bool = True):
-        self.slug = slug
-        self.closed = False
-        self._fanout = fanout
-        self._store = store
-        self._pending: list[Delivery] = []
-        self._ready = gevent.event.Event()
-        self._socket = sock
-        self._chunked = chunked       # HTTP/1.1: the body goes as chunks
-        self._watcher = None
-        self._last_event_id = last_event_id
-        self._held: tuple[str, int] | None = None  # the (epoch, version) the client holds
-        self._parked = False          # waiting for news, everything written
-        self._unsent: memoryview | None = None
-        self.written = 0              # bytes this stream wrote itself, not the server
-        self._gzip = gzip             # then what it sent so far: its CRC-32 and length
-        self._crc = self._sent = 0
 
-    def offer(self, delivery: Delivery) -> bool:
-        """Take a delivery; False if the mailbox is full (the reader fell behind)."""
-        if self.closed:
-            return True
-        if self._parked and not self._pending and self._socket is not None:
-            if (message := self._step(delivery)) is not None:
-                self._write_now(message)
-            return True
-        if len(self._pending) >= STREAM_QUEUE_SIZE:
-            return False
-        self._pending.append(delivery)
-        self._ready.set()
-        return True
+# ---- a stream's lifecycle: every state and transition, here and nowhere else
 
-    def _write_now(self, message: Wire) -> None:
-        """Write one message from the fanout's greenlet, without waiting: what the socket
-        does not take is left for this stream's greenlet, woken for it."""
-        if self._gzip:
-            self._count_sent(message)
-        if self._chunked:
-            data = message.chunk(self._gzip)
-        else:
-            data = message.piece if self._gzip else message.plain
-        try:
-            sent = self._socket.send(data, 0, timeout=0.0)
-        except BlockingIOError:
-            sent = 0
-        except OSError:               # the client is gone
-            self.end()
+class StreamState(enum.Enum):
+    OPENING = "opening"       # answered, not yet writing: messages wait for the writer
+    LIVE = "live"             # every message handed over is written, or being written
+    BACKED_UP = "backed up"   # the socket did not take everything: the writer holds the rest
+    ENDING = "ending"         # its last words are going out; then the connection closes
+    CLOSED = "closed"         # unsubscribed; the connection is closed or handed back
+
+
+class StreamEvent(enum.Enum):
+    ATTACHED = "attached"         # a writer took the connection
+    SHORT_WRITE = "short write"   # a write left bytes the socket did not take
+    DRAINED = "drained"           # the writer wrote everything it held
+    OVERFLOW = "overflow"         # STREAM_QUEUE_SIZE messages behind: dropped
+    END = "end"                   # the service ends the stream (shutdown, project gone)
+    FLUSHED = "flushed"           # the last words are written
+    LOST = "lost"                 # the client hung up, or the connection failed
+
+
+S, E = StreamState, StreamEvent
+STREAM_TRANSITIONS: Mapping[StreamState, Mapping[StreamEvent, StreamState]] = {
+    S.OPENING: {E.ATTACHED: S.LIVE, E.OVERFLOW: S.CLOSED, E.END: S.ENDING, E.LOST: S.CLOSED},
+    S.LIVE: {E.SHORT_WRITE: S.BACKED_UP, E.END: S.ENDING, E.LOST: S.CLOSED},
+    S.BACKED_UP: {E.SHORT_WRITE: S.BACKED_UP, E.DRAINED: S.LIVE, E.OVERFLOW: S.CLOSED,
+                  E.END: S.ENDING, E.LOST: S.CLOSED},
+    S.ENDING: {E.ATTACHED: S.ENDING, E.SHORT_WRITE: S.ENDING, E.DRAINED: S.ENDING,
+               E.END: S.ENDING, E.FLUSHED: S.CLOSED, E.LOST: S.CLOSED},
+    S.CLOSED: {E.ATTACHED: S.CLOSED, E.SHORT_WRITE: S.CLOSED, E.DRAINED: S.CLOSED,
+               E.END: S.CLOSED, E.FLUSHED: S.CLOSED, E.LOST: S.CLOSED, E.OVERFLOW: S.CLOSED},
+}
+del S, E
+
+
+class StreamStateError(RuntimeError):
+    """An event the lifecycle table does not allow in the stream's state: a bug of ours."""
+
+
+# ---- writers: the one writer of a stream's connection
+
+class Transport(Protocol):
+    """Writes one stream's body: frames it, compresses it (gzip pieces, CRC and length),
+    counts it, and holds what its client has not taken yet (`backlog`, in messages). It
+    tells its stream what happens through `on_event` (SHORT_WRITE, DRAINED, FLUSHED,
+    LOST)."""
+
+    backlog: int
+
+    def start(self, on_event: Callable[[StreamEvent], None]) -> None: ...
+    def write(self, message: Wire, tail: bytes = b"") -> None: ...
+    def end(self, last_words: bytes | None) -> None: ...
+    def abort(self) -> None: ...
+
+
+class SocketTransport(Transport):
+    """The writer of a stream the edge handed over, after its head: it owns the socket
+    (non-blocking), what the socket did not take yet, the body's framing (HTTP/1.1
+    chunks, raw for HTTP/1.0), a gzip body's CRC-32 and length, and the count of bytes
+    written. It never blocks, and holds no greenlet: a write is tried at once; what the
+    socket does not take waits in its backlog, which a write watcher on the event loop
+    finishes (asyncio's socket transport has this shape). A read watcher hears the
+    client hang up (an SSE client sends nothing after its request; stray bytes are
+    discarded, up to STRAY_BYTES_LIMIT). `on_closed(bytes)` is told once, at the end.
+
+    A message is written as the bytes all its streams share: a chunk framed once, or its
+    gzip piece; a multiplexed stream's message adds its own id (`tail`), in the same
+    send (sendmsg of the shared bytes and the tail)."""
+
+    __slots__ = (
+        "_backlog",
+        "_chunked",
+        "_crc",
+        "_ending",
+        "_gzip",
+        "_head",
+        "_on_closed",
+        "_on_event",
+        "_reader",
+        "_size",
+        "_sock",
+        "_stats",
+        "_stray",
+        "_timer",
+        "_writer",
+        "written",
+    )
+
+    def __init__(self, sock: socket.socket, head: bytes, chunked: bool, gzip: bool,
+                 stats: StreamStats, on_closed: Callable[[int], None] | None = None):
+        self._sock = sock
+        self._head: bytes | None = head + (b"%x\r\n%s\r\n" % (len(GZIP_HEADER), GZIP_HEADER)
+                                          if gzip and chunked else GZIP_HEADER if gzip else b"")
+        self._chunked = chunked
+        self._gzip = gzip
+        self._stats = stats
+        self._on_closed = on_closed
+        self._on_event: Callable[[StreamEvent], None] | None = None
+        self._backlog: list[list] | None = None  # made when needed: most streams never need one
+        self._crc = self._size = self._stray = self.written = 0
+        self._ending = False
+        self._reader = self._writer = self._timer = None
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog) if self._backlog else 0
+
+    def start(self, on_event: Callable[[StreamEvent], None]) -> None:
+        self._on_event = on_event
+        self._reader = gevent.get_hub().loop.io(self._sock.fileno(), 1)
+        self._reader.start(self._on_readable)
+
+    def write(self, message: Wire, tail: bytes = b"") -> None:
+        if self._sock is None or self._ending:
             return
-        self.written += sent
-        if sent < len(data):
-            self._unsent = memoryview(data)[sent:]
-            self._parked = False
-            self._ready.set()
-
-    def _take(self) -> list[Delivery] | None:
-        """Every delivery not yet taken, waiting for one; None once the stream must end.
-        What a write left is written first, before anything that came meanwhile, and
-        before the stream's last words if it ends (on a hang-up, the write fails)."""
-        while True:
-            if self._unsent is not None:
-                unsent, self._unsent = self._unsent, None
-                try:
-                    self._socket.sendall(unsent)
-                except OSError:
-                    self.end()
-                    return None
-                self.written += len(unsent)
-            if self._pending or self.closed:
-                break
-            self._ready.clear()
-            self._parked = True
-            try:
-                self._ready.wait()
-            finally:
-                self._parked = False
-        if self.closed:
-            return None
-        taken, self._pending = self._pending, []
-        return taken
-
-    def __iter__(self) -> Iterator[bytes]:
-        snapshot = self._store.read(self.slug)[0]
-        resumed = parse_event_id(self._last_event_id)
-        changes = self._store.changes_since(self.slug, *resumed) if resumed and snapshot else None
-        self._last_event_id = None
-        connected = self._encode([self._fanout.connected_message(self.slug, changes is not None)])
-        yield GZIP_HEADER + connected if self._gzip else connected
-        self._watch_disconnect()
-        if snapshot is not None:
-            if changes is None:              # written as it is: the bytes all streams share
-                yield self._encode([snapshot.event])
-            elif resumed[1] != snapshot.version:
-                yield self._encode([Wire(_bulk_update(changes, snapshot.id))])
-            self._held = (snapshot.epoch, snapshot.version)
-        while (deliveries := self._take()) is not None:
-            if messages := self._messages(deliveries):
-                yield self._encode(messages)
-        if self._fanout.closing:             # shutting down: come back, but not all at once
-            yield self._encode([self._fanout.sent_away()])
         if self._gzip:
-            yield gzip_end(self._crc, self._sent)
-
-    def _messages(self, deliveries: list[Delivery]) -> list[Wire]:
-        return [message for delivery in deliveries if (message := self._step(delivery)) is not None]
-
-    def _step(self, delivery: Delivery) -> Wire | None:
-        """What a delivery sends to a client holding `_held`, which it moves on; None if
-        nothing."""
-        match delivery:
-            case Ping(message):
-                return message
-            case Delta(snapshot, message, base) if self._held == base:
-                self._held = (snapshot.epoch, snapshot.version)
-                return message
-            case Delta(snapshot) | Full(snapshot) if (
-                    self._held is None or self._held[0] != snapshot.epoch
-                    or snapshot.version > self._held[1]):
-                self._held = (snapshot.epoch, snapshot.version)
-                return snapshot.event
-        return None
-
-    def _encode(self, messages: list[Wire]) -> bytes:
-        """What the server writes: the messages as they are, or their shared deflate
-        pieces (this stream only adds them to its CRC and length). One message is
-        written as the object all its streams share, not a copy: the server keeps the
-        last chunk it wrote while the stream waits, and a copy would cost every stream."""
-        if not self._gzip:
-            return b"".join([message.plain for message in messages])
-        for message in messages:
-            self._count_sent(message)
-        return b"".join([message.piece for message in messages])
-
-    def _count_sent(self, message: Wire) -> None:
-        self._crc = zlib.crc32(message.plain, self._crc)
-        self._sent += len(message.plain)
-
-    def _watch_disconnect(self) -> None:
-        """End as soon as the client hangs up, not at the next failed write: an I/O
-        watcher, not a greenlet. Readable with nothing to read means the peer closed (an
-        SSE client sends nothing after its request); if it sends bytes, writes will tell."""
-        if self._socket is None or self.closed:
-            return
-        self._watcher = gevent.get_hub().loop.io(self._socket.fileno(), 1)
-        self._watcher.start(self._on_readable)
-
-    def _on_readable(self) -> None:
-        pending = struct.unpack("i", fcntl.ioctl(self._socket.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-        if pending == 0:
-            self.end()
+            self._crc = zlib.crc32(message.plain, self._crc)
+            self._size += len(message.plain)
+            if tail:
+                self._crc = zlib.crc32(tail, self._crc)
+                self._size += len(tail)
+            parts = [message.chunk(True)] if self._chunked and not tail else \
+                self._framed([message.piece, stored_piece(tail)] if tail else [message.piece])
+        elif tail:
+            parts = self._framed([message.plain, tail])
         else:
-            self._stop_watching()
+            parts = [message.chunk(False) if self._chunked else message.plain]
+        self._stats.messages += 1
+        self._put(parts)
 
-    def _stop_watching(self) -> None:
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher.close()
-            self._watcher = None
+    def end(self, last_words: bytes | None) -> None:
+        """The last words (a `retry:`), the end of the gzip stream and of the body; the
+        connection closes once they are written, or after ENDING_SECONDS."""
+        if self._sock is None or self._ending:
+            return
+        if last_words:
+            self.write(Wire(last_words, stored=True))
+        body_end = gzip_end(self._crc, self._size) if self._gzip else b""
+        self._put(self._framed([body_end] if body_end else []) + ([b"0\r\n\r\n"] if self._chunked else []))
+        if self._sock is None:                # the connection failed meanwhile
+            return
+        self._ending = True
+        if self._backlog:
+            self._timer = gevent.get_hub().loop.timer(ENDING_SECONDS)
+            self._timer.start(self.abort)
+        else:
+            self._close(StreamEvent.FLUSHED)
 
-    def end(self, hang_up: bool = False) -> None:
-        """Unsubscribe now and wake the body, which ends. `hang_up` also shuts the socket
-        down, so that a write stuck on a reader that never reads fails now, or a client
-        reconnects elsewhere rather than reuse this connection. Idempotent."""
-        if not self.closed:
-            self.closed = True
-            self._stop_watching()
-            self._fanout.remove(self)
-            self._ready.set()
-        if hang_up and self._socket is not None:
+    def abort(self) -> None:
+        """Hang up now: shut the socket down, so that the client sees the end at once."""
+        if self._sock is not None:
             try:
-                self._socket.shutdown(socket.SHUT_RDWR)
+                self._sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already gone
+            self._close(StreamEvent.LOST)
+
+    def _framed(self, body: list) -> list:
+        """`body` as a chunk of the chunked body (or as it is, raw), the head before it if
+        it has not been written yet."""
+        if self._chunked and body:
+            body = [b"%x\r\n" % sum(map(len, body)), *body, b"\r\n"]
+        return body
+
+    def _put(self, parts: list) -> None:
+        if self._sock is None:                # the connection failed: nothing more goes out
+            return
+        if self._head is not None:
+            parts = [self._head, *parts]
+            self._head = None
+        if not parts:
+            return
+        if self._backlog:
+            self._hold(parts)
+            return
+        sent = self._send(parts)
+        if sent is None:
+            return
+        if sent < sum(map(len, parts)):
+            self._hold(_rest(parts, sent))
+            self._writer = gevent.get_hub().loop.io(self._sock.fileno(), 2)
+            self._writer.start(self._on_writable)
+            self._event(StreamEvent.SHORT_WRITE)
+
+    def _hold(self, parts: list) -> None:
+        if self._backlog is None:
+            self._backlog = []
+        self._backlog.append(parts)
+        self._stats.buffered += sum(map(len, parts))
+
+    def _send(self, parts: list) -> int | None:
+        """Bytes the socket took now; None if the connection failed (it is closed)."""
+        try:
+            sent = self._sock.send(parts[0]) if len(parts) == 1 else self._sock.sendmsg(parts)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self._close(StreamEvent.LOST)
+            return None
+        self.written += sent
+        return sent
+
+    def _on_writable(self) -> None:
+        while self._backlog:
+            parts = self._backlog[0]
+            sent = self._send(parts)
+            if sent is None:
+                return
+            self._stats.buffered -= sent
+            if sent < sum(map(len, parts)):
+                self._backlog[0] = _rest(parts, sent)
+                return
+            del self._backlog[0]
+        self._writer.stop()
+        self._writer.close()
+        self._writer = None
+        if self._ending:
+            self._close(StreamEvent.FLUSHED)
+        else:
+            self._event(StreamEvent.DRAINED)
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self._stray += len(data)
+        if not data or self._stray > STRAY_BYTES_LIMIT:
+            self.abort()
+
+    def _close(self, event: StreamEvent) -> None:
+        for watcher in (self._reader, self._writer, self._timer):
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
+        self._reader = self._writer = self._timer = None
+        self._stats.buffered -= sum(sum(map(len, parts)) for parts in self._backlog or ())
+        self._backlog = None
+        self._sock.close()
+        self._sock = None
+        if self._on_closed is not None:
+            self._on_closed(self.written)
+        self._event(event)
+        self._on_event = self._on_closed = None   # no cycle left with the stream
+
+    def _event(self, event: StreamEvent) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+
+
+def _rest(parts: list, sent: int) -> list:
+    """What is left of `parts` once `sent` bytes of them went out."""
+    for index, part in enumerate(parts):
+        if sent < len(part):
+            return [memoryview(part)[sent:], *parts[index + 1:]]
+        sent -= len(part)
+    return []
+
+
+class QueueTransport(Transport):
+    """The writer of a stream served by a WSGI server other than the edge (or a test
+    client): that server iterates the stream and writes what it yields, framing it
+    itself. What it has not taken yet waits here, counted as a socket's backlog is; the
+    iterating greenlet is the only one such a stream holds."""
+
+    __slots__ = ("_crc", "_done", "_gzip", "_on_event", "_pending", "_ready", "_size", "_stats")
+
+    def __init__(self, gzip: bool, stats: StreamStats):
+        self._gzip = gzip
+        self._stats = stats
+        self._pending: list[bytes] = [GZIP_HEADER] if gzip else []
+        self._ready = gevent.event.Event()
+        self._done = False
+        self._crc = self._size = 0
+        self._on_event: Callable[[StreamEvent], None] | None = None
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def start(self, on_event: Callable[[StreamEvent], None]) -> None:
+        self._on_event = on_event
+
+    def write(self, message: Wire, tail: bytes = b"") -> None:
+        if self._done:
+            return
+        if self._gzip:
+            self._crc = zlib.crc32(message.plain + tail, self._crc)
+            self._size += len(message.plain) + len(tail)
+            data = message.piece + (stored_piece(tail) if tail else b"")
+        else:
+            data = message.plain + tail
+        self._stats.messages += 1
+        self._add(data)
+        self._on_event(StreamEvent.SHORT_WRITE)  # not taken until the server asks again
+
+    def end(self, last_words: bytes | None) -> None:
+        if self._done:
+            return
+        if last_words:
+            self.write(Wire(last_words, stored=True))
+        if self._gzip:
+            self._add(gzip_end(self._crc, self._size))
+        self._done = True
+        self._ready.set()
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._stats.buffered -= sum(map(len, self._pending))
+            self._pending.clear()
+            self._ready.set()
+
+    def _add(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._stats.buffered += len(data)
+        self._ready.set()
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            while not self._pending and not self._done:
+                self._ready.clear()
+                self._ready.wait()
+            if self._pending:
+                data = b"".join(self._pending)
+                self._pending.clear()
+                self._stats.buffered -= len(data)
+                if not self._done:
+                    self._on_event(StreamEvent.DRAINED)
+                yield data
+            elif self._done:
+                if self._on_event is not None:
+                    self._on_event(StreamEvent.FLUSHED)
+                return
+
+
+# ---- streams
+
+class Stream:
+    """One open stream, of one project or (multiplexed) of several: what its client holds
+    of each (`held`: a Position, or None before its first snapshot), and where it is in
+    its lifecycle (STREAM_TRANSITIONS). The fanout offers it every delivery; it steps
+    each by the one rule (`Change.succession`) against what its client holds and hands
+    the message to its writer (a Transport), the only thing that touches the
+    connection. So an idle stream is this object, its writer and the socket: no
+    greenlet, no request, no buffer.
+
+    Under the edge, the writer is attached as soon as the head is answered; under
+    another WSGI server, when that server begins to iterate it (`__iter__`). Messages
+    handed over before then wait (OPENING), as many as a backlog may hold.
+    `unsubscribe(stream)` is told once, when it closes."""
+
+    __slots__ = ("_early", "_last_words", "_mux", "_tail", "_transport", "_unsubscribe",
+                 "gzip", "held", "state", "stats")
+
+    def __init__(self, slugs: Iterable[str], unsubscribe: Callable[[Stream], None],
+                 stats: StreamStats, gzip: bool = False, mux: bool = False):
+        self.held: dict[str, Position | None] = dict.fromkeys(slugs)
+        self.state = StreamState.OPENING
+        self.gzip = gzip
+        self._mux = mux
+        self._unsubscribe = unsubscribe
+        self.stats = stats                    # what its writer counts, with every other's
+        self._transport: Transport | None = None
+        self._early: list[tuple[Wire, bytes]] | None = []
+        self._last_words: bytes | None = None
+        self._tail: bytes | None = None       # a multiplexed stream's `id:` line, as it stands
+
+    @property
+    def slugs(self) -> Iterable[str]:
+        return self.held.keys()
+
+    # ---- what its client gets
+
+    def offer(self, delivery: Delivery) -> bool:
+        """Take a delivery; False if it fell too far behind and was dropped just now."""
+        if type(delivery) is Ping:
+            return self._send(delivery.message, b"")
+        snapshot = delivery.snapshot
+        slug = snapshot.slug
+        match delivery.succession(self.held.get(slug, snapshot.position)):
+            case Succession.STEP:
+                message = delivery.mux_message if self._mux else delivery.message
+            case Succession.JUMP:
+                message = snapshot.mux_event if self._mux else snapshot.event
+            case Succession.STALE:
+                return True
+        self.hold(slug, snapshot.position)
+        return message is None or self._send(message, self._id_line() if self._mux else b"")
+
+    def hold(self, slug: str, position: Position | None) -> None:
+        """What the client holds of a project from now on (as its next message will say)."""
+        self.held[slug] = position
+        self._tail = None
+
+    def say(self, message: Wire) -> bool:
+        """A message of the stream's own (connected, a resume's bulk_update): a
+        multiplexed one gets the stream's id if it is a status message (`id_line`)."""
+        return self._send(message, b"")
+
+    def say_status(self, message: Wire) -> bool:
+        return self._send(message, self._id_line() if self._mux else b"")
+
+    def _id_line(self) -> bytes:
+        if self._tail is None:
+            self._tail = b"id: %s\n\n" % mux_event_id(self.held).encode()
+        return self._tail
+
+    def _send(self, message: Wire, tail: bytes) -> bool:
+        state = self.state
+        if state is StreamState.LIVE or state is StreamState.BACKED_UP:
+            self._transport.write(message, tail)
+            if self._transport.backlog <= STREAM_QUEUE_SIZE:
+                return True
+        elif state is StreamState.OPENING:
+            self._early.append((message, tail))
+            if len(self._early) <= STREAM_QUEUE_SIZE:
+                return True
+        else:
+            return True
+        self.event(StreamEvent.OVERFLOW)
+        return False
+
+    # ---- its lifecycle
+
+    def attach(self, transport: Transport) -> None:
+        """A writer takes the connection: what waited is written, in order."""
+        self._transport = transport
+        transport.start(self.event)
+        self.event(StreamEvent.ATTACHED)
+        if self.state is StreamState.CLOSED:
+            transport.abort()
+            return
+        early, self._early = self._early, None
+        for message, tail in early:
+            transport.write(message, tail)
+        if self.state is StreamState.ENDING:
+            transport.end(self._last_words)
+
+    def end(self, last_words: bytes | None = None) -> None:
+        """The service ends it: its last words (a `retry:`), then the body's end."""
+        if self.state in (StreamState.ENDING, StreamState.CLOSED):
+            return
+        self.event(StreamEvent.END)
+        if self._transport is None:
+            self._last_words = last_words
+        else:
+            self._transport.end(last_words)
+
+    def abort(self) -> None:
+        """Hang up now (the client reconnects, elsewhere if the worker is going)."""
+        if self._transport is not None:
+            self._transport.abort()
+        self.event(StreamEvent.LOST)
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Served by a WSGI server other than the edge: it writes what this yields."""
+        transport = QueueTransport(self.gzip, self.stats)
+        self.attach(transport)
+        return iter(transport)
 
     def close(self) -> None:
-        """The response is over; while the worker shuts down, hang up too."""
-        self.end(hang_up=self._fanout.closing)
+        """WSGI's end of a response: that server is done with it (the client left)."""
+        self.abort()
 
+    def event(self, event: StreamEvent) -> None:
+        """What happened, as its writer (or the service) tells it: the lifecycle moves
+        by STREAM_TRANSITIONS, and an event the table does not name is a bug."""
+        try:
+            state = STREAM_TRANSITIONS[self.state][event]
+        except KeyError:
+            raise StreamStateError(f"{event.value} while {self.state.value}") from None
+        before, self.state = self.state, state
+        if state is StreamState.CLOSED and before is not StreamState.CLOSED:
+            if event is StreamEvent.OVERFLOW and self._transport is not None:
+                self._transport.abort()
+            self._unsubscribe(self)
+
+
+def open_stream(fanout: Fanout, store: Store, slugs: list[str], last_event_id: str | None,
+                gzip: bool, unknown: Iterable[str] = (), mux: bool = False) -> Stream:
+    """A new stream, its first messages said, subscribed: `connected`, then per project
+    its snapshot, or for a client resuming from `last_event_id` what it missed (one
+    bulk_update, or nothing if it is current). StreamsFull when the worker takes no more.
+    Read and subscribed without a pause between: no change can fall between the two."""
+    stream = Stream(slugs, fanout.remove, fanout.stats, gzip, mux)
+    claimed = ({slug: position for slug in slugs
+                if (position := parse_mux_event_id(last_event_id).get(project_tag(slug)))}
+               if mux else {slugs[0]: parse_event_id(last_event_id)})
+    said: list[tuple[str, Wire | None, Position]] = []
+    resumed: dict[str, bool] = {}
+    for slug in slugs:
+        snapshot = store.read(slug)[0]
+        held = claimed.get(slug)
+        changes = store.changes_since(slug, held) if held is not None and snapshot is not None else None
+        resumed[slug] = changes is not None
+        if snapshot is None:
+            continue
+        if changes is None:
+            said.append((slug, snapshot.mux_event if mux else snapshot.event, snapshot.position))
+        elif changes:
+            said.append((slug, Wire(b'event: bulk_update\ndata: {"project": %s, "updates": %s}\n' % (
+                json.dumps(slug).encode(), json.dumps(changes).encode())) if mux
+                else Wire(bulk_update(changes, snapshot.id)), snapshot.position))
+        else:
+            stream.hold(slug, held)              # current: nothing to say
+    if mux:
+        connected = {"projects": slugs, "unknown": list(unknown), "resumed": resumed}
+    else:
+        connected = {"project": slugs[0], "resumed": resumed[slugs[0]]}
+    stream.say(Wire(SSEMessage(event="connected", data=json.dumps(connected),
+                               retry=fanout.retry_ms).encode(), stored=True))
+    for slug, message, position in said:
+        stream.hold(slug, position)
+        stream.say_status(message)
+    fanout.subscribe(stream)
+    return stream
+
+
+# ---- the fanout
 
 @dataclass(eq=False)
 class _Channel:
     subscribers: set = field(default_factory=set)
     poller: gevent.Greenlet | None = None
+    since: float = 0.0                    # watched since (monotonic)
 
 
 class Fanout:
-    """This worker's streams by project, a poller per watched project (`poll(slug)`, which
-    returns when the project is gone, ending its streams), and the ping clock."""
+    """This worker's streams, by project: each change, encoded once, to every stream that
+    carries the project; a poller per watched project (`poll(slug)`, which returns when
+    the project is gone, ending its streams); one ping clock for all streams."""
 
     def __init__(self, config: Config, metrics: Metrics, poll: Callable[[str], None],
                  wall_clock: Callable[[], float] = time.time):
@@ -2232,9 +3058,15 @@ class Fanout:
         self._poll = poll
         self._wall_clock = wall_clock
         self._channels: dict[str, _Channel] = {}
+        self._streams: set[Stream] = set()
         self._pinger: gevent.Greenlet | None = None
-        self.stream_count = 0
+        self.stats = StreamStats()
+        self.retry_ms = config.sse_retry_ms
         self.closing = False
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
 
     @property
     def watched_projects(self) -> int:
@@ -2244,69 +3076,67 @@ class Fanout:
     def poller_count(self) -> int:
         return sum(1 for c in self._channels.values() if c.poller is not None and not c.poller.dead)
 
+    def watched_for(self) -> Iterator[tuple[str, float]]:
+        """Each watched project, and for how long it has been."""
+        now = time.monotonic()
+        return ((slug, now - channel.since) for slug, channel in self._channels.items())
+
     def subscribe(self, stream: Stream) -> None:
-        """Add a stream to its project's channel; StreamsFull at MAX_STREAMS, or while
+        """Add a stream to its projects' channels; StreamsFull at MAX_STREAMS, or while
         shutting down."""
-        if self.closing or self.stream_count >= self._config.max_streams:
+        if self.closing or len(self._streams) >= self._config.max_streams:
             if not self.closing:
                 self._metrics.streams_rejected.inc()
             raise StreamsFull()
-        slug = stream.slug
-        channel = self._channels.get(slug)
-        if channel is None:
-            channel = self._channels[slug] = _Channel()
-        channel.subscribers.add(stream)
-        self.stream_count += 1
-        if channel.poller is None or channel.poller.dead:
-            channel.poller = gevent.spawn(self._run_poller, slug)
+        self._streams.add(stream)
+        for slug in stream.slugs:
+            channel = self._channels.get(slug)
+            if channel is None:
+                channel = self._channels[slug] = _Channel(since=time.monotonic())
+            channel.subscribers.add(stream)
+            if channel.poller is None or channel.poller.dead:
+                channel.poller = gevent.spawn(self._run_poller, slug)
         if self._pinger is None or self._pinger.dead:
             self._pinger = gevent.spawn(self._ping_forever)
 
     def remove(self, stream: Stream) -> None:
-        """Forget a stream; the project's poller stops with its last one."""
-        channel = self._channels.get(stream.slug)
-        if channel is None or stream not in channel.subscribers:
+        """Forget a stream; a project's poller stops with its last one."""
+        if stream not in self._streams:
             return
-        channel.subscribers.discard(stream)
-        self.stream_count -= 1
-        if not channel.subscribers:
-            del self._channels[stream.slug]
-            if channel.poller is not None:
-                channel.poller.kill(block=False)
+        self._streams.discard(stream)
+        for slug in stream.slugs:
+            channel = self._channels.get(slug)
+            if channel is None:
+                continue
+            channel.subscribers.discard(stream)
+            if not channel.subscribers:
+                del self._channels[slug]
+                if channel.poller is not None:
+                    channel.poller.kill(block=False)
 
-    def publish(self, snapshot: Snapshot, updates: dict[str, str] | None,
-                base: tuple[str, int]) -> None:
-        """Fan a new snapshot version out to the project's streams, encoded once."""
-        channel = self._channels.get(snapshot.slug)
-        if channel is None:
-            return
-        if updates is None:
-            delivery: Delivery = Full(snapshot)
-        else:
-            delivery = Delta(snapshot, Wire(_bulk_update(updates, snapshot.id)) if updates else None,
-                             base)
-        self._offer(channel, delivery)
+    def publish(self, change: Change) -> None:
+        """A project's new snapshot, to its streams (the store's on_change)."""
+        channel = self._channels.get(change.snapshot.slug)
+        if channel is not None:
+            self._deliver(tuple(channel.subscribers), change)
 
-    def connected_message(self, slug: str, resumed: bool) -> Wire:
-        return Wire(SSEMessage(event="connected", data=json.dumps({"project": slug, "resumed": resumed}),
-                               retry=self._config.sse_retry_ms).encode(), stored=True)
-
-    def sent_away(self) -> Wire:
-        return Wire(retry_message(self._config.sse_retry_ms, self._config.sse_reconnect_spread_ms),
-                    stored=True)
-
-    def _offer(self, channel: _Channel, delivery: Delivery) -> None:
-        for stream in tuple(channel.subscribers):
+    def _deliver(self, streams: tuple[Stream, ...], delivery: Delivery) -> None:
+        dropped = 0
+        for stream in streams:
             if not stream.offer(delivery):
-                log.info("project %s: dropping a stream that fell %d messages behind",
-                         stream.slug, STREAM_QUEUE_SIZE, extra={"project": stream.slug})
-                self._metrics.streams_dropped.inc()
-                stream.end(hang_up=True)
+                dropped += 1
+        if dropped:
+            self._metrics.streams_dropped.inc(dropped)
+            log.info("dropped %d stream(s) that fell %d messages behind", dropped, STREAM_QUEUE_SIZE)
+
+    def sent_away(self) -> bytes:
+        return retry_message(self._config.sse_retry_ms, self._config.sse_reconnect_spread_ms)
 
     def close_project(self, slug: str) -> None:
+        """The project is gone: its streams end (their clients come back and hear so)."""
         channel = self._channels.get(slug)
         for stream in tuple(channel.subscribers if channel else ()):
-            stream.end()
+            stream.end(self.sent_away())
 
     def _run_poller(self, slug: str) -> None:
         """The project's poller while it has streams, supervised: started again after a
@@ -2323,37 +3153,41 @@ class Fanout:
             return
 
     def _ping_forever(self) -> None:
-        while self._channels:
+        while self._streams:
             gevent.sleep(self._config.sse_ping_interval)
             ping = Ping(Wire(SSEMessage(event="ping", data=json.dumps({"time": int(self._wall_clock())})).encode()))
-            for channel in tuple(self._channels.values()):
-                self._offer(channel, ping)
+            self._deliver(tuple(self._streams), ping)
 
     def close(self) -> None:
-        """Shutting down: end every stream (their clients reconnect elsewhere); their
-        pollers stop with them."""
+        """Shutting down: every stream ends with a `retry:` of its own (its client comes
+        back elsewhere, not all at once); their pollers stop with them. Waits for their
+        last words, ENDING_SECONDS at most."""
         self.closing = True
-        for slug in tuple(self._channels):
-            self.close_project(slug)
         if self._pinger is not None:
             self._pinger.kill(block=False)
-
-
-def _bulk_update(updates: Mapping[str, str], event_id: str) -> bytes:
-    return SSEMessage(event="bulk_update", data=json.dumps({"updates": updates}), id=event_id).encode()
-
-
-def come_back_later(config: Config) -> Response:
-    """A stream answer that ends at once and makes EventSource reconnect, jittered."""
-    response = Response(retry_message(config.sse_retry_ms, config.sse_reconnect_spread_ms), 200,
-                        content_type="text/event-stream")
-    response.headers["Connection"] = "close"  # and free the connection for someone else
-    return response
-
-
+        for stream in tuple(self._streams):
+            stream.end(self.sent_away())
+        deadline = time.monotonic() + ENDING_SECONDS
+        while self._streams and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+        for stream in tuple(self._streams):
+            stream.abort()
 # --------------------------------------------------------------------------- routes
 
 routes = Blueprint("public_status", __name__)
+
+# The board's page, its script and style, and the client for any page: files that change
+# with a deploy, served with a policy that lets no script run but these, from here.
+STATIC_FILES = {
+    "board.html": "text/html; charset=utf-8",
+    "board.js": "text/javascript; charset=utf-8",
+    "board.css": "text/css; charset=utf-8",
+    "public-status.js": "text/javascript; charset=utf-8",
+}
+CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; "
+                           "img-src 'self' data:; connect-src 'self' http: https:; "
+                           "base-uri 'none'; form-action 'none'")
+REQUEST_BODY_LIMIT = 16 * 1024    # no route reads a body: larger ones are refused, not read
 
 
 def _public() -> PublicStatus:
@@ -2362,8 +3196,8 @@ def _public() -> PublicStatus:
 
 @routes.before_app_request
 def refuse_bodies():
-    """No route reads a request body: a declared large one is refused before any byte of
-    it is read, and a connection that sent one unread (chunked) is not reused."""
+    """No route reads a request body: a declared large one is refused before any of it is
+    read (the edge refuses it sooner; this is for any other server)."""
     if (request.content_length or 0) > REQUEST_BODY_LIMIT:
         return json_error(413, "request body too large")
     return None
@@ -2375,16 +3209,27 @@ def public_headers(response: Response) -> Response:
     from elsewhere), and no cache may keep it, error answers included."""
     for name, value in _public().public_headers:
         response.headers.setdefault(name, value)
-    if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", ""):
-        response.headers["Connection"] = "close"
     return response
 
 
-def json_error(status: int, message: str, retry_after: float | None = None) -> Response:
-    response = Response(json.dumps({"error": message}), status, content_type="application/json")
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return response
+@routes.errorhandler(PublicStatusError)
+def public_error(exc: PublicStatusError):
+    if exc.status >= 500 and not exc.transient:   # one of ours reached a view: a bug
+        log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.path)
+    return exc.answer()
+
+
+def encoding_headers(gzip_wanted: bool, compression: bool) -> list[tuple[str, str]]:
+    """The headers of an answer that depends on Accept-Encoding, made here only: a
+    compressed one also keeps proxies from transforming it."""
+    if gzip_wanted:
+        return [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding"),
+                ("Cache-Control", "no-store, no-transform")]
+    return [("Vary", "Accept-Encoding")] if compression else []
+
+
+def _gzip_wanted() -> bool:
+    return _public().config.compression and accepts_gzip(request.headers.get("Accept-Encoding"))
 
 
 def _find_project(slug: str) -> Project:
@@ -2398,38 +3243,11 @@ def _find_project(slug: str) -> Project:
     return project
 
 
-# What the public sees of the service's own errors that reach a view.
-PUBLIC_ERRORS: Mapping[type, tuple[int, str]] = {
-    ProjectNotFound: (404, "project not found"),
-    DatabaseUnavailable: (503, "service temporarily unavailable"),
-    DatabaseBusy: (503, "service busy"),
-    NoSnapshot: (503, "statuses not available yet"),
-    RefreshLimited: (429, "refreshed too recently"),
-}
-
-
-@routes.errorhandler(PublicStatusError)
-def public_error(exc: PublicStatusError):
-    return json_error(*PUBLIC_ERRORS[type(exc)], exc.retry_after)
-
-
-# The headers of a compressed answer; Cache-Control keeps proxies from transforming it.
-GZIP_HEADERS = (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding"),
-                ("Cache-Control", "no-store, no-transform"))
-
-
-def _gzip_wanted() -> bool:
-    return _public().config.compression and accepts_gzip(request.headers.get("Accept-Encoding"))
-
-
 def _snapshot_response(snapshot: Snapshot) -> Response:
-    if _gzip_wanted():
-        response = Response(snapshot.gzip_body, 200, content_type="application/json")
-        response.headers.extend(GZIP_HEADERS)
-    else:
-        response = Response(snapshot.body, 200, content_type="application/json")
-        if _public().config.compression:
-            response.headers["Vary"] = "Accept-Encoding"
+    gzip_wanted = _gzip_wanted()
+    response = Response(snapshot.gzip_body if gzip_wanted else snapshot.body, 200,
+                        content_type="application/json")
+    response.headers.extend(encoding_headers(gzip_wanted, _public().config.compression))
     return response
 
 
@@ -2445,66 +3263,101 @@ def refresh_status(slug: str):
 
 @routes.get("/api/public/<slug>/status/stream")
 def stream_status(slug: str):
+    return _stream_answer(lambda: ([_find_project(slug)], []), mux=False)
+
+
+@routes.get("/api/public/status/stream")
+def stream_projects():
+    """One stream for several projects (`?projects=a,b,c`)."""
+    slugs = parse_project_list(request.args.get("projects"), _public().config.max_projects_per_stream)
+
+    def projects() -> tuple[list[Project], list[str]]:
+        known, unknown = [], []
+        for slug in slugs:
+            try:
+                known.append(_find_project(slug))
+            except ProjectNotFound:
+                unknown.append(slug)
+        if not known:
+            raise ProjectNotFound(",".join(slugs))
+        return known, unknown
+
+    return _stream_answer(projects, mux=True)
+
+
+def parse_project_list(value: str | None, limit: int) -> list[str]:
+    """`a,b,c` -> the slugs, each once, in order; BadProjectList for anything else."""
+    usage = f"projects: 1 to {limit} project slugs, comma-separated"
+    if not value or len(value) > limit * 129:
+        raise BadProjectList(usage)
+    slugs = list(dict.fromkeys(value.split(",")))
+    if len(slugs) > limit or not all(SLUG_PATTERN.fullmatch(slug) for slug in slugs):
+        raise BadProjectList(usage)
+    return slugs
+
+
+def _stream_answer(find: Callable[[], tuple[list[Project], list[str]]], mux: bool) -> Response:
+    """A stream's answer: 404 for a truly unknown project, and for trouble that passes
+    (database down, MAX_STREAMS, shutting down, nothing to show yet) 200 with a `retry:`
+    that ends at once, since EventSource gives up on anything else. A HEAD asks whether
+    a stream would open, and opens none."""
     public = _public()
+    gzip_wanted = _gzip_wanted()
+    # An HTTP/1.0 body ends when the connection does: no chunks, no keep-alive.
+    http_1_0 = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.0"
     try:
-        project = _find_project(slug)
-        if public.store.read(slug)[0] is None:
-            public.store.sync(slug)  # a project new to this worker may be known elsewhere
-        if project.config_error and public.store.read(slug)[0] is None:
-            raise StreamsFull()  # nothing to show until its config is fixed: come back
-        gzip_wanted = _gzip_wanted()
-        # An HTTP/1.0 body ends when the connection does: no chunks, no keep-alive.
-        http_1_0 = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.0"
-        stream: Any = iter(())   # a HEAD asks whether a stream would open, and opens none
+        known, unknown = find()
+        for project in known:
+            if public.store.read(project.slug)[0] is None:
+                public.store.sync(project.slug)  # a project new to this worker may be known elsewhere
+        if not mux and known[0].config_error and public.store.read(known[0].slug)[0] is None:
+            raise NoSnapshot(1)             # nothing to show until its config is fixed: come back
+        body: Iterable[bytes] = iter(())
         if request.method != "HEAD":
             # EventSource sends the last id it saw when it reconnects; a page that kept
             # its statuses may pass one on its first connect. The header wins.
             last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
-            stream = Stream(public.fanout, public.store, project.slug,
-                            _client_socket(request.environ), last_event_id, gzip_wanted,
-                            chunked=not http_1_0)
-            request.environ[STREAM_ENVIRON_KEY] = stream  # for the access line's byte count
-            public.fanout.subscribe(stream)
-    except (DatabaseUnavailable, DatabaseBusy, StreamsFull):
-        return come_back_later(public.config)
-    response = Response(stream, 200, content_type="text/event-stream", direct_passthrough=True)
-    if gzip_wanted:
-        response.headers.extend(GZIP_HEADERS)
-    elif public.config.compression:
-        response.headers["Vary"] = "Accept-Encoding"
-    # The SPEC's keep-alive, but for HTTP/1.0.
-    response.headers["Connection"] = "close" if http_1_0 else "keep-alive"
+            body = open_stream(public.fanout, public.store, [p.slug for p in known], last_event_id,
+                               gzip_wanted, unknown, mux)
+    except PublicStatusError as exc:
+        if exc.transient:
+            return come_back_later(public.config)
+        raise
+    response = Response(body, 200, content_type="text/event-stream", direct_passthrough=True)
+    response.headers.extend(encoding_headers(gzip_wanted, public.config.compression))
+    response.headers["Connection"] = "close" if http_1_0 else "keep-alive"  # the SPEC's keep-alive
     response.headers["X-Accel-Buffering"] = "no"
     return response
 
 
-def _client_socket(environ: Mapping[str, Any]) -> socket.socket | None:
-    """The socket a stream may watch: gunicorn's gevent worker names it `gunicorn.socket`,
-    its gevent_pywsgi worker `gunicorn.sock`; none from other servers, nor where several
-    streams share the connection (HTTP/2)."""
-    if environ.get("HTTP_VERSION") == "2" or environ.get("SERVER_PROTOCOL", "").startswith("HTTP/2"):
-        return None
-    sock = environ.get("gunicorn.socket") or environ.get("gunicorn.sock")
-    return sock if hasattr(sock, "fileno") else None
+def come_back_later(config: Config) -> Response:
+    """A stream answer that ends at once and makes EventSource reconnect, jittered."""
+    response = Response(retry_message(config.sse_retry_ms, config.sse_reconnect_spread_ms), 200,
+                        content_type="text/event-stream")
+    response.headers["Connection"] = "close"  # and free the connection for someone else
+    return response
 
 
 @routes.get("/")
 def board():
     """The live status board (board.html), on public-status.js."""
-    return _static("board.html", "text/html; charset=utf-8")
+    return _static("board.html")
 
 
-@routes.get("/public-status.js")
-def client_script():
-    """The client for any page: EventSource, resumed and reopened (public-status.js)."""
-    return _static("public-status.js", "text/javascript; charset=utf-8")
+@routes.get("/<any('board.js', 'board.css', 'public-status.js'):name>")
+def static_file(name: str):
+    """The board's script and style, and the client for any page (public-status.js)."""
+    return _static(name)
 
 
-def _static(name: str, content_type: str) -> Response:
+def _static(name: str) -> Response:
     """A file that changes with a deploy: browsers keep it and revalidate (a 304)."""
-    body = _public().static_files[name]
-    response = Response(body, 200, content_type=content_type)
+    body = _public().static_files.get(name)
+    if body is None:
+        return json_error(404, "not found")
+    response = Response(body, 200, content_type=STATIC_FILES[name])
     response.headers["Cache-Control"] = "no-cache"
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.set_etag(hashlib.sha1(body).hexdigest()[:16])
     return response.make_conditional(request)
 
@@ -2516,12 +3369,15 @@ def healthz():
 
 @routes.get("/readyz")
 def readyz():
+    public = _public()
     try:
-        _public().db.fetch_one("SELECT 1")
+        public.db.fetch_one("SELECT 1")
     except DatabaseBusy:
         pass  # every connection is answering queries: the database is there
     except DatabaseUnavailable:
+        public.metrics.database_up.set(0)
         return json_error(503, "database unavailable")
+    public.metrics.database_up.set(1)
     return Response(json.dumps({"status": "ready"}), 200, content_type="application/json")
 
 
@@ -2560,9 +3416,9 @@ class WarmStatusFastPath:
         self._ttl = public.config.status_cache_ttl
         self._cache_hits = public.metrics.cache_hits
         self._compression = public.config.compression
-        vary = [("Vary", "Accept-Encoding")] if self._compression else []
-        self._headers = [*vary, *public.public_headers]
-        self._gzip_headers = [*GZIP_HEADERS, *(h for h in public.public_headers if h[0] != "Cache-Control")]
+        self._headers = [*encoding_headers(False, self._compression), *public.public_headers]
+        self._gzip_headers = [*encoding_headers(True, self._compression),
+                              *(h for h in public.public_headers if h[0] != "Cache-Control")]
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -2583,232 +3439,462 @@ class WarmStatusFastPath:
                                               ("Content-Length", str(len(body))), *headers])
                     return [body]
         return self._wsgi_app(environ, start_response)
+# --------------------------------------------------------------------------- the edge
+
+# Request heads are bounded as gunicorn's defaults are, whatever the worker.
+REQUEST_LINE_LIMIT = 4094         # bytes of the request line, its CRLF not counted
+HEADER_FIELD_LIMIT = 8190         # bytes of a header line, its CRLF included
+HEADER_FIELDS_LIMIT = 100         # header lines
+HEAD_LIMIT = REQUEST_LINE_LIMIT + 2 + HEADER_FIELDS_LIMIT * HEADER_FIELD_LIMIT + 2
+RECEIVE_SIZE = 16 * 1024          # bytes asked of a socket at a time
+FD_RESERVE = 64                   # descriptors kept for the database, Redis, client APIs, logs
+
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])")
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade",
+               "proxy-connection", "te", "trailer"}
 
 
-class ClientTooSlow(OSError):
-    """A client kept a connection idle, or sent its request head, for too long. An
-    OSError, so that pywsgi ends the connection quietly, as if the client had left."""
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """A request head read one way only (RFC 9112)."""
+
+    method: str
+    target: str                       # as sent
+    path: str                         # percent-decoded, as WSGI wants it (latin-1)
+    query: str
+    version: str                      # "HTTP/1.1" or "HTTP/1.0"
+    headers: list[tuple[str, str]]    # as sent, in order (values stripped of OWS)
+    content_length: int               # 0 when none is declared
+    chunked: bool
+    keep_alive: bool
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.content_length > 0
 
 
-class RequestRefused(PublicStatusError):
-    """A request head over its bounds, or a body too large: answered, then closed."""
+def parse_head(head: bytes) -> RequestHead:
+    """A request head (without its final empty line) -> RequestHead, or RequestRefused:
+    whatever a front end and this service could read two ways is refused (400, or 501
+    for a transfer coding it does not implement, 505 for another HTTP), as nginx and
+    gunicorn's own parser refuse it: a bare CR or LF, a space before a colon, a control
+    byte in a name or value, obs-folding, a missing or doubled Host, Content-Lengths
+    that disagree, Transfer-Encoding with Content-Length or ending in anything but
+    chunked. Bounds: RFC 9112's 414 and 431, at gunicorn's defaults."""
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        raise RequestRefused(400, "a bare CR or LF in the head")
+    lines = head.split(b"\r\n")
+    if len(lines[0]) > REQUEST_LINE_LIMIT:
+        raise RequestRefused(414, "request line too long")
+    if len(lines) - 1 > HEADER_FIELDS_LIMIT:
+        raise RequestRefused(431, "too many header fields")
+    request_line = _REQUEST_LINE.fullmatch(lines[0])
+    if request_line is None:
+        raise RequestRefused(400, "malformed request line")
+    method, target, version = (part.decode("latin-1") for part in request_line.groups())
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise RequestRefused(505, f"{version} not supported")
+    headers: list[tuple[str, str]] = []
+    hosts, lengths, codings, connection = 0, set(), [], ""
+    for line in lines[1:]:
+        if len(line) + 2 > HEADER_FIELD_LIMIT:
+            raise RequestRefused(431, "header field too long")
+        field_line = _FIELD_LINE.fullmatch(line)
+        if field_line is None:
+            raise RequestRefused(400, "malformed header field")
+        name = field_line.group(1).decode("ascii")
+        value = field_line.group(2).rstrip(b" \t").decode("latin-1")
+        headers.append((name, value))
+        lower = name.lower()
+        if lower == "host":
+            hosts += 1
+        elif lower == "content-length":
+            lengths.update(item.strip() for item in value.split(","))
+        elif lower == "transfer-encoding":
+            codings += [item.strip().lower() for item in value.split(",") if item.strip()]
+        elif lower == "connection":
+            connection += "," + value.lower()
+    if hosts > 1 or (hosts == 0 and version == "HTTP/1.1"):
+        raise RequestRefused(400, "a request needs one Host")
+    if lengths and (len(lengths) > 1 or not next(iter(lengths)).isdigit()
+                    or not next(iter(lengths)).isascii()):
+        raise RequestRefused(400, "unreadable Content-Length")
+    content_length = int(next(iter(lengths))[:19]) if lengths else 0
+    chunked = False
+    if codings or any(name.lower() == "transfer-encoding" for name, _ in headers):
+        if version == "HTTP/1.0" or lengths or not codings or codings[-1] != "chunked" \
+                or "chunked" in codings[:-1]:
+            raise RequestRefused(400, "unreadable Transfer-Encoding")
+        if len(codings) > 1:
+            raise RequestRefused(501, "a transfer coding other than chunked")
+        chunked = True
+    path, query = _request_target(method, target)
+    tokens = {token.strip() for token in connection.split(",")}
+    keep_alive = version == "HTTP/1.1" and "close" not in tokens
+    return RequestHead(method, target, path, query, version, headers, content_length, chunked,
+                       keep_alive)
 
-    REASONS = {413: "Content Too Large", 414: "URI Too Long",
-               431: "Request Header Fields Too Large"}
 
-    def __init__(self, status: int):
-        super().__init__(f"{status} {self.REASONS[status]}")
-        body = json.dumps({"error": self.REASONS[status].lower()}).encode()
-        self.status = str(status)
-        self.response = (f"HTTP/1.1 {status} {self.REASONS[status]}\r\nConnection: close\r\n"
-                         f"Content-Type: application/json\r\nCache-Control: no-store\r\n"
-                         f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-
-class _BoundedInput(gevent.pywsgi.Input):
-    """A request body, of which what the app left unread is read, to keep the connection,
-    only up to REQUEST_BODY_LIMIT: past it the connection is dropped, not read forever."""
-
-    __slots__ = ()
-
-    def _discard(self):
-        if self._chunked_input_error or not (
-                self.chunked_input or self.position < (self.content_length or 0)):
-            return
-        left = REQUEST_BODY_LIMIT
-        while left > 0:
-            data = self.read(min(left, 16384))
-            if not data:
-                return
-            left -= len(data)
-        raise ClientTooSlow(errno.ECONNRESET, "request body left unread")
+def _request_target(method: str, target: str) -> tuple[str, str]:
+    """(PATH_INFO, QUERY_STRING) of an origin-form (`/a?b`) or absolute-form target."""
+    if target.startswith("/"):
+        raw_path, _, query = target.partition("?")
+    elif target.startswith(("http://", "https://")):
+        parts = urlsplit(target)
+        raw_path, query = parts.path or "/", parts.query
+    elif target == "*" and method == "OPTIONS":
+        raw_path, query = "*", ""
+    else:
+        raise RequestRefused(400, "malformed request target")
+    if "#" in raw_path or "#" in query:
+        raise RequestRefused(400, "a fragment in the request target")
+    return unquote_to_bytes(raw_path).decode("latin-1"), query
 
 
-class ConnectionGuard:
-    """The edge of a worker exposed to anyone, on gevent's pywsgi (the Procfile's worker),
-    which has none of it: a head or idle time limit, bounds on the request head, or a stop
-    to reading an unwanted body. gunicorn.conf.py gives the worker `handler_class()`.
+class _Outcome(enum.Enum):
+    KEEP = "keep"         # the connection waits for the next request
+    CLOSE = "close"       # closed after the answer
+    LINGER = "linger"     # closed after the answer, once what the client still sends is read
+    TAKEN = "taken"       # a stream's writer has it now
 
-    A connection is *waiting* from its accept, or the end of its last response, until its
-    next request head is in: *idle* until the first byte of it comes, then *reading*. The
-    head must be in within HEADER_TIMEOUT (of the accept for the first request, of its
-    first byte for the next ones), and an idle keep-alive connection lasts
-    KEEPALIVE_TIMEOUT. Near the worker's connection cap, each new connection evicts the
-    longest idle one, never a stream or a request in progress; at shutdown every waiting
-    connection is let go at once.
 
-    Idle connections are timed by one sweeper per worker, not a timer per wait: a socket
-    timeout would start and cancel a timer on every keep-alive request (a tenth of a
-    warm GET's cost). So a connection may outlive its limit by one sweep, a quarter of
-    the shorter limit at most (and never more than a second).
+class Edge:
+    """The worker's HTTP/1.1 server, in place of gunicorn's handler on its gevent worker
+    (gunicorn.conf.py hands it each connection: `serve_for`). Chosen by measurement:
+    gunicorn's own parser is as strict as we need, but reads a head in 33 us where
+    `parse_head` takes 5, of a warm GET's ~100; and a stream must leave the connection
+    to its writer (an idle stream holds no greenlet), which no server's handler allows.
+
+    A connection is *waiting* from its accept, or the end of its last response, until
+    the first byte of its next request: before a first request for at most
+    HEADER_TIMEOUT, between requests KEEPALIVE_TIMEOUT; then the rest of the head must
+    be in within HEADER_TIMEOUT (of the accept, or of its first byte). A response must
+    be taken by the client at a pace of a write per HEADER_TIMEOUT. No route reads a
+    body: a request that declares one is answered, then the connection is closed once
+    what the client still sends has been read and dropped (at most REQUEST_BODY_LIMIT,
+    within HEADER_TIMEOUT: *lingering*, as nginx does, so that the answer is not lost
+    to a reset). Waiting and lingering connections are timed by one sweeper, not a
+    timer each; near the worker's connection cap (or its file limit) each new
+    connection closes the one that has waited longest, never a stream or a request in
+    progress; at shutdown every waiting connection is let go at once.
     """
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, metrics: Metrics, streams: Callable[[], int]):
         self._header_timeout = config.header_timeout
         self._keepalive_timeout = config.keepalive_timeout
         self._sweep_every = min(1.0, max(0.05, min(config.header_timeout, config.keepalive_timeout) / 4))
-        self._sweeper: gevent.Greenlet | None = None
-        # Idle handlers -> since when, longest idle first: before a first request (timed
-        # by HEADER_TIMEOUT), and between requests (KEEPALIVE_TIMEOUT).
-        self._idle_new: OrderedDict[Any, float] = OrderedDict()
-        self._idle_kept: OrderedDict[Any, float] = OrderedDict()
+        self._metrics = metrics
+        self._streams = streams           # how many streams the worker holds (their descriptors)
+        self._app: Callable | None = None
+        self._log = None                  # gunicorn's logger, when it keeps an access log
+        self._cap = math.inf              # the worker's connections
+        self._files = math.inf            # the process's descriptors
+        self._servers: dict[int, tuple[str, str]] = {}
+        # Waiting connections -> since when, longest waiting first: a first head or a
+        # lingering close (HEADER_TIMEOUT), and between requests (KEEPALIVE_TIMEOUT).
+        self._waiting_short: OrderedDict[Any, float] = OrderedDict()
+        self._waiting_long: OrderedDict[Any, float] = OrderedDict()
         self._reading: set = set()
+        self._sweeper: gevent.Greenlet | None = None
+        self._date: tuple[int, str] = (0, "")
+        self.open_connections = 0
         self.closing = False
 
-    def handler_class(self, base: type) -> type:
-        """A subclass of pywsgi's handler (gunicorn's, `base`) that keeps the edge. It
-        wraps no method a stream stays in: a parked stream's stack is saved whole."""
-        guard = self
+    def serve_for(self, worker) -> None:
+        """gunicorn's post_worker_init: this worker's connections are served here. Its
+        gevent worker hands each to `handle` (AsyncWorker's entry point)."""
+        self._app = worker.wsgi
+        self._log = worker.log if worker.cfg.accesslog else None
+        self._cap = worker.worker_connections
+        self._files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        worker.handle = self.handle
 
-        class GuardedHandler(base):
-            # No attribute of its own but on a refusal: a handler's __dict__ already holds
-            # about forty, and one more key grows it by more than a kilobyte per stream.
-            refused: RequestRefused | None = None
+    # ---- one connection
 
-            def read_requestline(self):
-                return guard._read_head(self)
-
-            def MessageClass(self, fp, *args):
-                return self.headers  # parsed with the head, in _read_bounded_head
-
-            def read_request(self, raw_requestline):
-                if self.refused is None:
-                    super().read_request(raw_requestline)
-                    if (self.content_length or 0) > REQUEST_BODY_LIMIT:
-                        self.refused = RequestRefused(413)
-                if self.refused is not None:
-                    raise self.refused
-                return True
-
-            def _handle_client_error(self, ex):
-                if isinstance(ex, RequestRefused):
-                    return ex.status, ex.response
-                return super()._handle_client_error(ex)
-
-            def get_environ(self):
-                environ = super().get_environ()
-                self.wsgi_input.__class__ = _BoundedInput
-                return environ
-
-            def _sendall(self, data):
-                # gevent's sendall asks the kernel for SO_SNDBUF before every write, a
-                # syscall as dear as the send itself (a third of a fan-out's time); one
-                # send takes a message whole unless the socket's buffer is full.
-                try:
-                    sent = self.socket.send(data)
-                except OSError:
-                    sent = 0  # pywsgi's own sendall raises it again, and records it
-                self.response_length += sent
-                if sent < len(data):
-                    super()._sendall(memoryview(data)[sent:])
-
-            def finalize_headers(self):
-                super().finalize_headers()
-                if self.command == "HEAD":
-                    self.response_use_chunked = False  # no body, not even its last chunk
-
-            def log_request(self):
-                if self.environ is None:  # refused before a request was read
-                    address = self.client_address
-                    self.environ = {"REQUEST_METHOD": "-", "RAW_URI": "-", "SERVER_PROTOCOL": "-",
-                                    "REMOTE_ADDR": address[0] if isinstance(address, tuple) else "-"}
-                    self.response_headers = self.response_headers or []
-                stream = self.environ.get(STREAM_ENVIRON_KEY)
-                if stream is not None:  # what it wrote itself, not through this handler
-                    self.response_length += stream.written
-                super().log_request()
-
-        return GuardedHandler
-
-    def _read_head(self, handler) -> str:
-        """Wait for the next request and read its head; its request line, or "" to close.
-        A head over its bounds is refused once read (`read_request`)."""
-        first = handler.requestline is None  # pywsgi's, set from what this returns
-        if self.closing:
-            return ""
-        if first:
-            self._make_room(handler.server)
-        if self._sweeper is None:
-            self._sweeper = gevent.spawn(self._sweep_forever)
-        started = time.monotonic()
-        idle = self._idle_new if first else self._idle_kept
-        idle[handler] = started
-        try:  # one read; the sweeper hangs up on it when it waits too long
-            arrived = handler.rfile.peek(1)
-        finally:
-            idle.pop(handler, None)
-        if not arrived or self.closing:
-            return ""
-        if b"\r\n\r\n" in arrived or b"\n\n" in arrived:
-            return self._read_bounded_head(handler)  # in whole already: no read will wait
-        self._reading.add(handler)
+    def handle(self, listener, client, address) -> None:
+        self.open_connections += 1
+        taken = False
         try:
-            left = (started if first else time.monotonic()) + self._header_timeout - time.monotonic()
-            with gevent.Timeout(max(left, 0.001), ClientTooSlow()):
-                return self._read_bounded_head(handler)
+            if self.closing:
+                return
+            self._make_room()
+            if self._sweeper is None:
+                self._sweeper = gevent.spawn(self._sweep_forever)
+            received = bytearray()
+            first = True
+            while not self.closing:
+                head = self._next_head(client, received, first)
+                if head is None:
+                    return
+                first = False
+                outcome = self._serve(listener, client, address, head)
+                if outcome is _Outcome.TAKEN:
+                    taken = True
+                    return
+                if outcome is _Outcome.LINGER:
+                    self._linger(client)
+                if outcome is not _Outcome.KEEP:
+                    return
+        except OSError:
+            return                            # the client went: nothing to answer
         finally:
-            self._reading.discard(handler)
+            self.open_connections -= 1
+            if not taken:
+                client.close()
 
-    def _make_room(self, server) -> None:
-        """Near the cap of the server's connection pool (the worker's connections), close
-        the longest idle connection for the new one."""
-        pool = getattr(server, "pool", None)
-        if pool is None or pool.free_count() >= max(10, pool.size // 100):
+    def _next_head(self, client, received: bytearray, first: bool) -> bytes | None:
+        """Wait for the next request and read its head; None to close quietly (the client
+        left, or was too slow). A head over its bounds is refused as soon as it shows."""
+        started = time.monotonic()
+        if not received:
+            waiting = self._waiting_short if first else self._waiting_long
+            waiting[client] = started
+            try:              # one read; the sweeper hangs up on it when it waits too long
+                data = client.recv(RECEIVE_SIZE)
+            finally:
+                waiting.pop(client, None)
+            if not data or self.closing:
+                return None
+            received += data
+            if not first:
+                started = time.monotonic()    # a later head's time runs from its first byte
+        end = received.find(b"\r\n\r\n")
+        if end < 0:
+            self._reading.add(client)
+            try:
+                with gevent.Timeout(max(started + self._header_timeout - time.monotonic(), 0.001),
+                                    ClientTooSlow()):
+                    while (end := received.find(b"\r\n\r\n")) < 0:
+                        _check_partial_head(received)
+                        data = client.recv(RECEIVE_SIZE)
+                        if not data:
+                            return None
+                        received += data
+            except ClientTooSlow:
+                return None
+            except RequestRefused as refused:
+                self._refuse(client, refused)
+                self._linger(client)
+                return None
+            finally:
+                self._reading.discard(client)
+        head = bytes(received[:end])
+        del received[:end + 4]
+        return head
+
+    def _serve(self, listener, client, address, head: bytes) -> _Outcome:
+        started = time.monotonic()
+        try:
+            request = parse_head(head)
+            if request.content_length > REQUEST_BODY_LIMIT:
+                raise RequestRefused(413, "request body too large")
+        except RequestRefused as refused:
+            self._refuse(client, refused)
+            return _Outcome.LINGER
+        environ = self._environ(listener, address, request)
+        answer: list = []
+
+        def start_response(status, headers, exc_info=None):
+            answer[:] = [status, headers]
+            return _no_write
+
+        try:
+            body = self._app(environ, start_response)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            self._write(client, self._response_head("500 Internal Server Error",
+                        [("Content-Type", "application/json")], 25, True) + b'{"error": "internal error"}')
+            return _Outcome.CLOSE
+        status, headers = answer
+        close = (not request.keep_alive or request.has_body or self.closing
+                 or any(name.lower() == "connection" and value.lower() == "close" for name, value in headers))
+        if type(body) is Stream:
+            self._take_over(client, request, environ, status, headers, body, started)
+            return _Outcome.TAKEN
+        try:
+            data = b"".join(body)
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+        length = None if request.method == "HEAD" else len(data)
+        self._write(client, self._response_head(status, headers, length, close) + data)
+        self._access(environ, request, status, headers, len(data), started)
+        if close:
+            return _Outcome.LINGER if request.has_body else _Outcome.CLOSE
+        return _Outcome.KEEP
+
+    def _take_over(self, client, request: RequestHead, environ: dict, status: str,
+                   headers: list, stream: Stream, started: float) -> None:
+        """The head answered, the connection is the stream's writer's from now on; the
+        access line is written when the stream ends, with every byte it wrote."""
+        chunked = request.version == "HTTP/1.1"
+        head = self._response_head(status, headers, None, not chunked, chunked=chunked)
+        sock = _socket.socket(fileno=client.detach())    # the real socket, not gevent's
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        on_closed = None
+        if self._log is not None:
+            def on_closed(written: int) -> None:
+                self._access(environ, request, status, headers, written, started)
+        stream.attach(SocketTransport(sock, head, chunked, stream.gzip, stream.stats, on_closed))
+
+    def _linger(self, client) -> None:
+        """Close once the client has been heard out: its answer is not lost to a reset of
+        unread bytes. At most REQUEST_BODY_LIMIT, within HEADER_TIMEOUT (the sweeper)."""
+        try:
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
             return
-        fronts = [idle for idle in (self._idle_new, self._idle_kept) if idle]
+        self._waiting_short[client] = time.monotonic()
+        try:
+            left = REQUEST_BODY_LIMIT
+            while left > 0 and (data := client.recv(RECEIVE_SIZE)):
+                left -= len(data)
+        except OSError:
+            pass                              # reset, or hung up on by the sweeper: done
+        finally:
+            self._waiting_short.pop(client, None)
+
+    def _refuse(self, client, refused: RequestRefused) -> None:
+        self._metrics.requests_refused.labels(str(refused.status)).inc()
+        body = json.dumps({"error": refused.public}).encode()
+        reason = http.HTTPStatus(refused.status).phrase
+        head = self._response_head(f"{refused.status} {reason}", [
+            ("Content-Type", "application/json"), ("Cache-Control", "no-store")], len(body), True)
+        self._write(client, head + body)
+
+    def _write(self, client, data: bytes) -> None:
+        """All of `data`; the client must take some of it every HEADER_TIMEOUT."""
+        try:
+            sent = client.send(data, 0, 0.0)   # at once, whenever the socket has room
+        except BlockingIOError:
+            sent = 0
+        view = memoryview(data)[sent:]
+        while view:
+            with gevent.Timeout(self._header_timeout, ClientTooSlow()):
+                view = view[client.send(view):]
+
+    # ---- the WSGI side
+
+    def _environ(self, listener, address, request: RequestHead) -> dict:
+        server = self._servers.get(listener.fileno())
+        if server is None:
+            name = listener.getsockname()
+            server = self._servers[listener.fileno()] = (
+                (str(name[0]), str(name[1])) if isinstance(name, tuple) else (str(name), ""))
+        environ = {
+            "REQUEST_METHOD": request.method, "SCRIPT_NAME": "", "PATH_INFO": request.path,
+            "QUERY_STRING": request.query, "RAW_URI": request.target,
+            "SERVER_PROTOCOL": request.version, "SERVER_NAME": server[0], "SERVER_PORT": server[1],
+            "REMOTE_ADDR": address[0] if isinstance(address, tuple) else "",
+            "REMOTE_PORT": str(address[1]) if isinstance(address, tuple) else "",
+            "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
+            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
+        for name, value in request.headers:
+            if "_" in name:
+                continue                      # X_A would pass for X-A: dropped, as nginx does
+            key = name.upper().replace("-", "_")
+            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                key = "HTTP_" + key
+            if key in environ:
+                value = environ[key] + ("; " if key == "HTTP_COOKIE" else ", ") + value
+            environ[key] = value
+        return environ
+
+    def _response_head(self, status: str, headers: list, length: int | None, close: bool,
+                       chunked: bool = False) -> bytes:
+        lines = [f"HTTP/1.1 {status}"]
+        lines += [f"{name}: {value}" for name, value in headers if name.lower() not in _HOP_BY_HOP
+                  or (name.lower() == "content-length" and length is None and not chunked)]
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, email.utils.formatdate(now, usegmt=True))
+        lines.append(f"Date: {self._date[1]}")
+        if length is not None:
+            lines.append(f"Content-Length: {length}")
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+        lines.append("Connection: close" if close else "Connection: keep-alive")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _access(self, environ: dict, request: RequestHead, status: str, headers: list,
+                sent: int, started: float) -> None:
+        """gunicorn's access line. The client's own Authorization never reaches it (its
+        Basic user name is an atom of gunicorn's: a credential, and any bytes at all)."""
+        if self._log is None:
+            return
+        if "HTTP_AUTHORIZATION" in environ:
+            environ = {key: value for key, value in environ.items() if key != "HTTP_AUTHORIZATION"}
+        answer = types.SimpleNamespace(status=status, headers=headers, sent=sent)
+        self._log.access(answer, [(name.upper(), value) for name, value in request.headers
+                                  if name.lower() != "authorization"], environ,
+                         datetime.timedelta(seconds=time.monotonic() - started))
+
+    # ---- waiting connections
+
+    def _make_room(self) -> None:
+        """Near the cap of the worker's connections, or of the process's descriptors,
+        close the connection that has waited longest for the new one."""
+        margin = max(10, int(min(self._cap, self._files) // 100))
+        if (self.open_connections + margin < self._cap
+                and self.open_connections + self._streams() + FD_RESERVE + margin < self._files):
+            return
+        fronts = [waiting for waiting in (self._waiting_short, self._waiting_long) if waiting]
         if fronts:
-            oldest = min(fronts, key=lambda idle: next(iter(idle.values())))
+            oldest = min(fronts, key=lambda waiting: next(iter(waiting.values())))
             self._hang_up(oldest.popitem(last=False)[0])
+            self._metrics.connections_evicted.inc()
 
     def _sweep_forever(self) -> None:
-        """Hang up on every connection idle past its limit (each dict is oldest first,
+        """Hang up on every connection waiting past its limit (each dict is oldest first,
         so a sweep stops at the first one still in time)."""
         while not self.closing:
             gevent.sleep(self._sweep_every)
             now = time.monotonic()
-            for idle, limit in ((self._idle_new, self._header_timeout),
-                                (self._idle_kept, self._keepalive_timeout)):
-                while idle and next(iter(idle.values())) + limit <= now:
-                    self._hang_up(idle.popitem(last=False)[0])
+            for waiting, limit in ((self._waiting_short, self._header_timeout),
+                                   (self._waiting_long, self._keepalive_timeout)):
+                while waiting and next(iter(waiting.values())) + limit <= now:
+                    self._hang_up(waiting.popitem(last=False)[0])
 
     @staticmethod
-    def _read_bounded_head(handler) -> str:
-        line = handler.rfile.readline(REQUEST_LINE_LIMIT + 3)
-        if not line.endswith(b"\n") or len(line.rstrip(b"\r\n")) > REQUEST_LINE_LIMIT:
-            if len(line) <= REQUEST_LINE_LIMIT:
-                return ""                              # the client left mid-line
-            handler.refused = RequestRefused(414)
-            return line[:REQUEST_LINE_LIMIT].decode("latin-1")
-        fields = []
-        while (field := handler.rfile.readline(HEADER_FIELD_LIMIT + 1)) not in (b"\r\n", b"\n"):
-            if not field.endswith(b"\n"):
-                if len(field) <= HEADER_FIELD_LIMIT:
-                    return ""
-                handler.refused = RequestRefused(431)
-                break
-            fields.append(field)
-            if len(field.rstrip(b"\r\n")) + 2 > HEADER_FIELD_LIMIT or len(fields) > HEADER_FIELDS_LIMIT:
-                handler.refused = RequestRefused(431)
-                break
-        # Parsed here as pywsgi would, without http.client's own bound (99 fields, where
-        # gunicorn allows 100); `MessageClass` hands it over.
-        handler.headers = email.parser.Parser(_class=gevent.pywsgi.OldMessage).parsestr(
-            b"".join(fields).decode("iso-8859-1"))
-        return line.decode("latin-1")
-
-    def _hang_up(self, handler) -> None:
+    def _hang_up(client) -> None:
         try:
-            handler.socket.shutdown(socket.SHUT_RDWR)
-        except (OSError, AttributeError):
+            client.shutdown(socket.SHUT_RDWR)
+        except OSError:
             pass  # already gone
 
     def let_go(self) -> None:
         """Shutting down: end every waiting connection now; busy ones finish first."""
         self.closing = True
-        for handler in [*self._idle_new, *self._idle_kept, *self._reading]:
-            self._hang_up(handler)
+        for client in [*self._waiting_short, *self._waiting_long, *self._reading]:
+            self._hang_up(client)
 
 
+def _check_partial_head(received: bytearray) -> None:
+    """Refuse a head that is already over its bounds before it is complete, or that ends
+    its lines with a bare LF (it would never end as this edge reads heads)."""
+    first_line = received.find(b"\r\n")
+    if (first_line < 0 and len(received) > REQUEST_LINE_LIMIT + 1) or first_line > REQUEST_LINE_LIMIT:
+        raise RequestRefused(414, "request line too long")
+    if received.count(b"\n") != received.count(b"\r\n"):
+        raise RequestRefused(400, "a bare LF in the head")
+    if received.count(b"\r\n") > HEADER_FIELDS_LIMIT + 1 or len(received) > HEAD_LIMIT:
+        raise RequestRefused(431, "too many header fields")
+    if len(received) - (received.rfind(b"\r\n") + 2) > HEADER_FIELD_LIMIT:
+        raise RequestRefused(431, "header field too long")
+
+
+def _no_write(data: bytes) -> None:
+    raise NotImplementedError("this server takes a response body as an iterable only")
+
+
+class ClientTooSlow(OSError):
+    """A client kept its head, or its part of our answer, waiting too long."""
 # --------------------------------------------------------------------------- app factory
 
 @dataclass(eq=False)
@@ -2822,17 +3908,17 @@ class PublicStatus:
     service: StatusService
     fanout: Fanout
     metrics: Metrics
-    redactor: SecretRedactor
+    scrubber: LogScrubber
     static_files: Mapping[str, bytes]
     public_headers: tuple[tuple[str, str], ...]
-    connections: ConnectionGuard
+    edge: Edge
 
     def shutdown(self) -> None:
-        """SIGTERM: end every stream, stop the pollers and give back their leases, let
-        waiting connections go."""
+        """SIGTERM: let waiting connections go, end every stream (each with its own
+        `retry:`), stop the pollers and give back their leases."""
+        self.edge.let_go()
         self.fanout.close()
         self.store.close()
-        self.connections.let_go()
         self.db.close()
 
 
@@ -2841,28 +3927,29 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     or None to read the process environment."""
     if not isinstance(config, Config):
         config = Config.from_env(os.environ if config is None else config)
-    redactor = SecretRedactor()
-    configure_logging(config, redactor)
+    scrubber = LogScrubber()
+    configure_logging(config, scrubber)
     db = Database(config.database_url, config.db_pool_size, config.db_timeout)
-    redactor.add([db.password or "", urlsplit(config.redis_url or "").password or ""])
+    scrubber.add([db.password or "", urlsplit(config.redis_url or "").password or ""])
     metrics = Metrics()
-    directory = ProjectDirectory(db, config, metrics, redactor)
+    directory = ProjectDirectory(db, config, metrics, scrubber)
     # Changes flow store -> fanout -> streams, and the fanout runs the service's pollers;
     # so the fanout comes first, and its `poll` finds the service once it is built.
     fanout = Fanout(config, metrics, poll=lambda slug: service.poll(slug))
     store = make_store(config, fanout.publish)
     service = StatusService(config, directory, UpstreamClient(config.max_upstream_bytes),
                             store, metrics)
-    metrics.watch(fanout, store)
+    edge = Edge(config, metrics, streams=lambda: fanout.stream_count)
+    metrics.watch(fanout, store, edge, bool(config.redis_url))
 
     app = Flask(__name__)
     app.url_map.merge_slashes = False  # `/api//public/x/status` must not be a 308
     here = Path(__file__).parent
-    static_files = {name: (here / name).read_bytes() for name in ("board.html", "public-status.js")}
+    static_files = {name: (here / name).read_bytes() for name in STATIC_FILES if (here / name).exists()}
     headers = (("Access-Control-Allow-Origin", config.cors_allow_origin),  # public_headers()
                ("Access-Control-Expose-Headers", "Retry-After"), ("Cache-Control", "no-store"))
-    public = PublicStatus(config, db, directory, store, service, fanout, metrics, redactor,
-                          static_files, headers, ConnectionGuard(config))
+    public = PublicStatus(config, db, directory, store, service, fanout, metrics, scrubber,
+                          static_files, headers, edge)
     app.extensions["public_status"] = public
     app.register_blueprint(routes)
     app.wsgi_app = WarmStatusFastPath(app.wsgi_app, public)

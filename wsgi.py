@@ -37,16 +37,20 @@ gc.set_threshold(100_000, 50, 100)
 
 
 def _end_streams_then(previous):
-    """On SIGTERM, end every stream and stop the pollers before gunicorn's own handler
-    starts its graceful wait: open streams would otherwise hold the worker until
-    `graceful_timeout` and then be killed without their clean-up."""
+    """On SIGTERM, let waiting connections go, end every stream (each with its own
+    `retry:`, its last words written) and stop the pollers, then hand over to gunicorn's
+    own handler, whose graceful wait would otherwise see no stream (streams hold no
+    greenlet of its pool) and exit before their last words are out."""
 
     def on_sigterm(signum, frame):
-        gevent.spawn(app.extensions["public_status"].shutdown)
-        if callable(previous):
-            previous(signum, frame)
-        else:
-            raise SystemExit(0)
+        def shut_down():
+            app.extensions["public_status"].shutdown()
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                raise SystemExit(0)
+
+        gevent.spawn(shut_down)
 
     return on_sigterm
 

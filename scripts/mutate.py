@@ -57,7 +57,7 @@ TARGETS = {
     "split_userinfo", "auth_headers", "_basic", "_secret_strings", "_connection_params",
     "SLUG_PATTERN", "HEADER_NAME", "HEADER_VALUE",
     # logs
-    "SecretRedactor.add", "SecretRedactor.redact", "SecretRedactor.filter",
+    "LogScrubber.add", "LogScrubber.redact", "LogScrubber.filter",
     "JsonFormatter.format",
     # the cache's rules
     "StatusService.status", "StatusService._fetch_or_stale", "StatusService.refresh",

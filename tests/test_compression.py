@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from public_service import (
     GZIP_HEADER,
+    Position,
     Snapshot,
     Wire,
     accepts_gzip,
@@ -70,7 +71,7 @@ def test_a_wire_piece_is_the_smaller_of_compressed_and_stored():
 
 
 def test_the_snapshots_gzip_body_is_its_body():
-    snapshot = Snapshot.build("demo", "e", 1, {f"U{n}": "available" for n in range(500)})
+    snapshot = Snapshot.build("demo", Position("e", 1), {f"U{n}": "available" for n in range(500)})
     assert gzip.decompress(snapshot.gzip_body) == snapshot.body
     assert snapshot.gzip_body is snapshot.gzip_body
     assert len(snapshot.gzip_body) * 5 < len(snapshot.body)

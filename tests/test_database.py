@@ -10,9 +10,9 @@ from public_service import (
     Database,
     DatabaseBusy,
     DatabaseUnavailable,
+    LogScrubber,
     Metrics,
     ProjectDirectory,
-    SecretRedactor,
     _connection_params,
 )
 from support import FakeClock, TcpProxy
@@ -25,7 +25,7 @@ def directory_for(url, clock=None, bounds=None, metrics=None, redactor=None, **s
                               **settings})
     db = Database(config.database_url, config.db_pool_size, config.db_timeout)
     bounded = {"bounds": bounds} if bounds else {}
-    directory = ProjectDirectory(db, config, metrics or Metrics(), redactor or SecretRedactor(),
+    directory = ProjectDirectory(db, config, metrics or Metrics(), redactor or LogScrubber(),
                                  clock or FakeClock(), **bounded)
     return directory, db
 
@@ -242,7 +242,7 @@ def test_an_outage_and_a_recovery_are_each_logged_once(pg, cuttable, caplog):
 
 
 def test_a_projects_credentials_are_redacted_as_soon_as_it_is_looked_up(pg):
-    redactor = SecretRedactor()
+    redactor = LogScrubber()
     directory, db = directory_for(pg.reader_url, redactor=redactor)
     slug = pg.add_project(pg.unique_slug(), base_url="https://c.example.com", auth_type="bearer",
                           credentials={"token": "looked-up-Tq1"})

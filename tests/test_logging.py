@@ -7,7 +7,7 @@ import re
 import pytest
 
 import public_service
-from public_service import SecretRedactor
+from public_service import LogScrubber
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def captured():
         def emit(self, record):
             lines.append(self.format(record))
 
-    redactor = SecretRedactor()
+    redactor = LogScrubber()
     handler = ListHandler()
     handler.addFilter(redactor)
     logger = logging.getLogger("test.redaction")
@@ -107,7 +107,7 @@ def test_the_app_redacts_the_database_password(make_app, pg, capfd):
     line = json.loads(err.strip().splitlines()[-1])
     assert "reader-pw-Zq81x" not in err
     assert line["logger"] == "urllib3.connectionpool"
-    assert app.extensions["public_status"].redactor.redact(url).count("***") == 1
+    assert app.extensions["public_status"].scrubber.redact(url).count("***") == 1
 
 
 def test_a_redactor_that_knows_no_secret_yet_lets_every_line_through(captured):

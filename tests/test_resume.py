@@ -4,7 +4,21 @@ ids, the bounded history of changes, and a store's lines of versions."""
 import pytest
 
 import public_service
-from public_service import Fetched, History, LocalStore, Snapshot, diff_statuses, parse_event_id
+from public_service import (
+    Change,
+    Fetched,
+    History,
+    LocalStore,
+    Position,
+    Snapshot,
+    Succession,
+    diff_statuses,
+    mux_event_id,
+    parse_event_id,
+    parse_mux_event_id,
+    project_tag,
+    succession,
+)
 
 
 def test_diff_reports_changed_and_new_units_only():
@@ -29,37 +43,62 @@ def test_diff_of_equal_snapshots_is_empty():
     ("a1b2c3-17", ("a1b2c3", 17)), ("e-0", ("e", 0)), ("  f00-5 ", ("f00", 5)),
     ("garbage", None), ("", None), (None, None), ("-5", None), ("e--5", None), ("e-1.5", None),
     ("e-", None), ("e-x", None), ("é-1", None), ("a b-1", None), ("e-٣", None),
+    ("e-" + "9" * 5000, None), ("e" * 5000 + "-1", None), ("e-" + "9" * 18, ("e", 10**18 - 1)),
 ])
 def test_event_ids(text, parsed):
-    assert parse_event_id(text) == parsed
+    assert parse_event_id(text) == (Position(*parsed) if parsed else None)
+
+
+E = "e0"
+
+
+def at(version: int, epoch: str = E) -> Position:
+    return Position(epoch, version)
+
+
+@pytest.mark.parametrize(("held", "new", "base", "case"), [
+    (at(1), at(2), at(1), Succession.STEP),            # the version after the one held
+    (at(1), at(3), at(1), Succession.STEP),            # a step is what leads from the held one
+    (at(1, "shared"), at(1), at(1, "shared"), Succession.STEP),  # across epochs: a line of its own
+    (at(1), at(3), at(2), Succession.JUMP),            # newer, but not from what is held
+    (None, at(1), None, Succession.JUMP),              # nothing held yet
+    (at(5, "old"), at(1), None, Succession.JUMP),      # another line
+    (at(1), at(2), None, Succession.JUMP),             # changes not known: take it whole
+    (at(2), at(2), at(1), Succession.STALE),           # held already
+    (at(3), at(2), at(1), Succession.STALE),           # older than held
+])
+def test_the_one_rule_for_versions(held, new, base, case):
+    assert succession(held, new, base) is case
 
 
 def test_history_is_bounded_by_count_and_by_bytes():
     history = History(bound=3)
     for version in range(1, 6):
-        history.add(version, [f"U{version}"])
-    assert history.since(2, 5) == {"U3", "U4", "U5"}
-    assert history.since(1, 5) is None                     # reached back only to 3
-    assert history.since(5, 5) == set()
-    assert history.since(3, 5) == {"U4", "U5"}             # what came after 3, not 3 itself
+        history.add(at(version - 1) if version > 1 else None, at(version), [f"U{version}"])
+    assert history.since(at(2), at(5)) == {"U3", "U4", "U5"}
+    assert history.since(at(1), at(5)) is None             # reached back only to 3
+    assert history.since(at(5), at(5)) == set()
+    assert history.since(at(3), at(5)) == {"U4", "U5"}     # what came after 3, not 3 itself
     big = History(bound=100)
     for version in range(1, 4):
-        big.add(version, [f"unit-{version}-{n:06d}" for n in range(10_000)])
+        big.add(at(version - 1), at(version), [f"unit-{version}-{n:06d}" for n in range(10_000)])
     assert big.bytes <= public_service.HISTORY_BYTES
-    assert big.since(2, 3) is not None and big.since(1, 3) is None
+    assert big.since(at(2), at(3)) is not None and big.since(at(1), at(3)) is None
 
 
 def test_history_starts_again_after_a_gap():
     history = History(bound=10)
-    history.add(1, ["A"])
-    history.add(3, ["B"])                                  # 2 was never seen: no line
-    assert history.since(1, 3) is None and history.since(2, 3) == {"B"}
+    history.add(at(0), at(1), ["A"])
+    history.add(at(2), at(3), ["B"])                       # 2 was never seen: no line
+    assert history.since(at(1), at(3)) is None and history.since(at(2), at(3)) == {"B"}
+    history.add(None, at(4), ["C"])                        # a jump: the line begins again
+    assert history.since(at(3), at(4)) is None
 
 
 @pytest.fixture
 def store():
     changes = []
-    local = LocalStore(on_change=lambda *change: changes.append(change), history=10)
+    local = LocalStore(on_change=changes.append, history=10)
     local.changes = changes
     return local
 
@@ -73,12 +112,12 @@ def test_changes_since_merges_what_a_client_missed_with_current_statuses(store):
     commit(store, {"A1": "reserved", "A2": "available", "A3": "sold"})
     commit(store, {"A1": "sold", "A2": "available"})               # A3 went away
     current = commit(store, {"A1": "sold", "A2": "available", "A4": "available"})
-    assert store.changes_since("p", first.epoch, first.version) == {
+    assert store.changes_since("p", first.position) == {
         "A1": "sold", "A3": "hidden", "A4": "available"}
-    assert store.changes_since("p", current.epoch, current.version) == {}
-    assert store.changes_since("p", current.epoch, current.version + 1) is None   # future
-    assert store.changes_since("p", "other", first.version) is None               # another epoch
-    assert store.changes_since("nothing", first.epoch, 1) is None
+    assert store.changes_since("p", current.position) == {}
+    assert store.changes_since("p", at(current.position.version + 1, store.epoch)) is None  # future
+    assert store.changes_since("p", at(first.position.version, "other")) is None  # another epoch
+    assert store.changes_since("nothing", first.position) is None
 
 
 def test_a_commit_prepared_against_an_older_snapshot_is_compared_again(store):
@@ -87,37 +126,52 @@ def test_a_commit_prepared_against_an_older_snapshot_is_compared_again(store):
         {"A1": "sold", "A2": "available"}, {"A1": "sold", "A2": "reserved"}))
     store.commit("p", one)
     store.commit("p", two)                                  # prepared before `one` came in
-    assert store.changes[-1][1] == {"A2": "reserved"}
+    assert store.changes[-1].updates == {"A2": "reserved"}
 
 
 def test_an_installed_step_adds_to_the_history_by_default(store):
     first = commit(store, {"A1": "available"})
-    step = Snapshot.build("p", first.epoch, 2, {"A1": "sold"})
-    store.install(step, 0, {"A1": "sold"})                 # as a mirror brings one in
-    assert store.changes[-1][2] == (first.epoch, 1)
-    assert store.changes_since("p", first.epoch, 1) == {"A1": "sold"}
+    step = Snapshot.build("p", at(2, store.epoch), {"A1": "sold"})
+    store.install(Change(step, first.position, {"A1": "sold"}), 0, None)   # as a mirror brings one in
+    assert store.changes[-1].base == first.position
+    assert store.changes_since("p", first.position) == {"A1": "sold"}
 
 
 def test_a_new_line_takes_its_history_whatever_this_store_kept(store):
     commit(store, {"A1": "available"})
     commit(store, {"A1": "reserved"})
-    shared = Snapshot.build("p", "shared", 17, {"A1": "sold", "A2": "sold"})
-    store.install(shared, 0, None, history=[(16, ["A2"]), (17, ["A1"])])
-    assert store.changes_since("p", "shared", 15) == {"A1": "sold", "A2": "sold"}
+    shared = Snapshot.build("p", at(17, "shared"), {"A1": "sold", "A2": "sold"})
+    history = History.of(10, [(at(15, "shared"), at(16, "shared"), ["A2"]),
+                              (at(16, "shared"), at(17, "shared"), ["A1"])])
+    store.install(Change(shared, None, None), 0, None, history)
+    assert store.changes_since("p", at(15, "shared")) == {"A1": "sold", "A2": "sold"}
 
 
 def test_ids_start_at_one_in_an_epoch_of_each_store():
-    one, two = (LocalStore(lambda *change: None) for _ in range(2))
+    one, two = (LocalStore(lambda change: None) for _ in range(2))
     assert one.epoch != two.epoch
     assert commit(one, {"A1": "sold"}).id == f"{one.epoch}-1"
 
 
 def test_a_change_to_a_shared_line_starts_a_line_of_its_own_stepping_from_it(store):
-    shared = Snapshot.build("p", "shared", 17, {"A1": "sold"})
-    store.install(shared, 0, None, history=[(16, ["A1"]), (17, ["A1"])])
-    assert store.changes_since("p", "shared", 16) == {"A1": "sold"}
+    shared = Snapshot.build("p", at(17, "shared"), {"A1": "sold"})
+    history = History.of(10, [(at(15, "shared"), at(16, "shared"), ["A1"]),
+                              (at(16, "shared"), at(17, "shared"), ["A1"])])
+    store.install(Change(shared, None, None), 0, None, history)
+    assert store.changes_since("p", at(16, "shared")) == {"A1": "sold"}
     assert commit(store, {"A1": "sold"}) is shared                  # unchanged: kept
     mine = commit(store, {"A1": "available"})
-    assert (mine.epoch, mine.version) == (store.epoch, 1)
-    assert store.changes[-1] == (mine, {"A1": "available"}, ("shared", 17))  # a step from it
-    assert store.changes_since("p", "shared", 17) is None
+    assert mine.position == at(1, store.epoch)
+    change = store.changes[-1]
+    assert (change.snapshot, change.updates, change.base) == (mine, {"A1": "available"}, at(17, "shared"))
+    assert store.changes_since("p", at(17, "shared")) is None       # resume never crosses epochs
+
+
+def test_a_multiplexed_id_names_each_project_by_a_tag_of_its_own():
+    held = {"harbour-view": at(7, "aa"), "marina-point": at(3, "bb"), "not-yet": None}
+    text = mux_event_id(held)
+    assert parse_mux_event_id(text) == {project_tag("harbour-view"): at(7, "aa"),
+                                        project_tag("marina-point"): at(3, "bb")}
+    assert len({project_tag(f"p-{n}") for n in range(20_000)}) == 20_000
+    assert parse_mux_event_id("garbage.x-y-z." + "a" * 10_000) == {}
+    assert parse_mux_event_id(None) == {}

@@ -6,31 +6,26 @@ from __future__ import annotations
 import logging
 import math
 import re
-import socket
-from dataclasses import dataclass
+import time
 
 import gevent
-import gevent.socket
 import pytest
+import redis
 
 import public_service
 from public_service import (
     Config,
     Database,
-    Fanout,
     Fetched,
     LocalStore,
+    LogScrubber,
     Metrics,
     NoSnapshot,
-    Ping,
     ProjectDirectory,
-    RedisStore,
     RefreshLimited,
-    SecretRedactor,
+    SharedStore,
     StatusService,
-    Stream,
     UpstreamClient,
-    Wire,
     project_from_row,
 )
 from support import FakeClock, RedisServer
@@ -89,11 +84,11 @@ def test_an_expired_snapshot_is_fetched_again(status_service, project, upstream,
 def test_the_version_moves_only_on_change(status_service, project, upstream, clock):
     first = status_service.status(project)
     clock.now += 31
-    assert status_service.status(project).version == first.version
+    assert status_service.status(project).position == first.position
     upstream.set_statuses(f"/{project.slug}", {"A1": "sold", "A2": "held"})
     clock.now += 31
     changed = status_service.status(project)
-    assert changed.version == first.version + 1
+    assert changed.position.version == first.position.version + 1
     assert changed.statuses == {"A1": "sold", "A2": "reserved"}
 
 
@@ -217,7 +212,7 @@ def poller(pg, upstream, clock):
                               "PROJECT_CACHE_TTL": "30", "DEFAULT_POLL_INTERVAL": "5"})
     db = Database(config.database_url, 1, 2.0)
     metrics = Metrics()
-    directory = ProjectDirectory(db, config, metrics, SecretRedactor(), clock)
+    directory = ProjectDirectory(db, config, metrics, LogScrubber(), clock)
     sleeps = []
 
     def sleep(seconds):
@@ -370,11 +365,11 @@ def test_a_refetch_of_the_same_statuses_makes_the_snapshot_fresh_again(clock):
     clock.now += 20
     assert store.commit("p", Fetched.over(first, {"A1": "sold"}, [])) is first
     assert store.read("p") == (first, 0)
-    store.touch("p", clock.now - 10)                     # an older fetch never ages it
+    store.touch("p", clock.now - 10, None)               # an older fetch never ages it
     assert store.read("p")[1] == 0
-    store.touch("unknown", clock.now)
+    store.touch("unknown", clock.now, None)
     assert store.read("unknown") == (None, math.inf)
-    assert first.version == 1
+    assert first.position.version == 1
 
 
 def test_a_refresh_is_allowed_again_exactly_after_the_interval(clock):
@@ -420,105 +415,23 @@ def test_any_successful_fetch_ends_the_backoff_at_once(poller, pg, upstream, clo
 
 
 def test_a_miss_takes_what_another_worker_committed(upstream, request, clock):
-    """Two workers on one Redis: the second's mirror has not heard of the first's commit
-    (its follower has not run); its GET looks in Redis before it fetches."""
+    """Two workers on one Redis, their mirrors deaf to each other (no follower): the
+    second's GET looks in Redis before it fetches."""
     server = RedisServer()
     config = Config.from_env({"DATABASE_URL": "unused", "STATUS_CACHE_TTL": "30",
                               "REDIS_URL": server.url})
-    stores = [RedisStore(server.url, lambda *change: None, 10) for _ in range(2)]
-    for store in stores:  # unpatched, their subscriptions would block this process: none
-        store._link._follower.kill(block=False)
+    clients = [redis.Redis.from_url(server.url) for _ in range(2)]
+    stores = [SharedStore(client, f"worker-{n}", LocalStore(lambda change: None, time.time), 10, 100)
+              for n, client in enumerate(clients)]
     try:
         services = [StatusService(config, None, UpstreamClient(1_000_000), store, Metrics(), clock)
                     for store in stores]
         project = make_project(upstream, request)
         first = services[0].status(project)
         second = services[1].status(project)
-        assert second.statuses == first.statuses and second.version == first.version
+        assert second.statuses == first.statuses and second.position == first.position
         assert upstream.count(f"/{project.slug}") == 1
     finally:
-        for store in stores:
-            store.close()
+        for client in clients:
+            client.close()
         server.stop()
-
-
-# --------------------------------------------------------------------------- a stream's writes
-
-@dataclass
-class ServedStream:
-    """A Stream on one end of a real socket pair, served as the WSGI server does (each
-    piece it yields written as a chunk) by a greenlet of its own, once it waits."""
-
-    stream: public_service.Stream
-    fanout: public_service.Fanout
-    theirs: socket.socket          # the client's end: 4 KB of window, like a slow phone
-    yielded: list                  # what the stream gave the server to write
-
-    @classmethod
-    def start(cls) -> ServedStream:
-        ours, theirs = gevent.socket.socketpair()
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        fanout = Fanout(Config.from_env({"DATABASE_URL": "unused"}), Metrics(), poll=lambda slug: None)
-        served = cls(Stream(fanout, LocalStore(on_change=lambda *change: None), "writes", ours),
-                     fanout, theirs, [])
-
-        def serve():
-            for data in served.stream:
-                served.yielded.append(data)
-                ours.sendall(Wire(data).chunk(False))
-            ours.shutdown(socket.SHUT_WR)
-
-        gevent.spawn(serve)
-        while not served.stream._parked:   # `connected` written: the stream waits
-            gevent.sleep(0.001)
-        return served
-
-    def body(self) -> bytes:
-        """Everything the client receives until the server is done, de-chunked; each
-        chunk must be whole (its size line, its bytes, its CRLF)."""
-        received = bytearray()
-        while data := self.theirs.recv(1 << 16):
-            received.extend(data)
-        body = bytearray()
-        while received:
-            start = received.index(b"\r\n") + 2
-            end = start + int(received[:start - 2], 16)
-            assert received[end:end + 2] == b"\r\n"
-            body.extend(received[start:end])
-            del received[:end + 2]
-        return bytes(body)
-
-
-def big_message(letter: bytes) -> Wire:
-    return Wire(b"data: %s\n\n" % (letter * 200_000))   # far more than the socket takes
-
-
-def test_a_waiting_stream_writes_what_it_is_given_in_order_whatever_the_socket_takes():
-    """A waiting stream is written to by the fanout, which never waits: a message the
-    socket takes in part leaves the rest to the stream, and what comes meanwhile waits
-    behind it, not beside it. The reading end gets every message whole, in order."""
-    served = ServedStream.start()
-    messages = [big_message(letter) for letter in (b"A", b"B", b"C")]
-    for message in messages:                           # one after another, no wait
-        assert served.stream.offer(Ping(message))
-    reader = gevent.spawn(served.body)
-    with gevent.Timeout(5):                            # all written: it waits again
-        while served.stream._pending or not served.stream._parked:
-            gevent.sleep(0.001)
-    served.stream.end()
-    assert reader.get(timeout=5) == b"".join([served.yielded[0], *(m.plain for m in messages)])
-
-
-def test_a_stream_ended_mid_write_finishes_that_write_before_its_last_words():
-    """Shutting down while a change is half written: the rest of it goes first, then
-    the `retry:` that spreads the reconnects."""
-    served = ServedStream.start()
-    message = big_message(b"x")
-    assert served.stream.offer(Ping(message))
-    served.fanout.closing = True
-    served.stream.end()         # as Fanout.close() does, before the stream's greenlet runs
-    body = served.body()
-    connected, last_words = served.yielded
-    assert last_words.startswith(b"retry: ")
-    assert body == connected + message.plain + last_words

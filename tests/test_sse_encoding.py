@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from public_service import Snapshot, SSEMessage, retry_message
+from public_service import Position, Snapshot, SSEMessage, retry_message
 
 
 @pytest.mark.parametrize(("message", "wire"), [
@@ -31,7 +31,7 @@ def test_sse_messages_compare_by_value():
 
 
 def test_snapshot_carries_its_encodings():
-    snapshot = Snapshot.build("demo", "e1f", 3, {"A1": "sold", "A2": "available"})
+    snapshot = Snapshot.build("demo", Position("e1f", 3), {"A1": "sold", "A2": "available"})
     assert json.loads(snapshot.body) == {
         "project": "demo", "statuses": {"A1": "sold", "A2": "available"}, "count": 2}
     assert snapshot.event.plain == (

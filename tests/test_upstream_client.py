@@ -7,7 +7,14 @@ import pytest
 import requests
 import requests_mock as rm
 
-from public_service import UpstreamClient, UpstreamError, project_from_row
+from public_service import (
+    NotModified,
+    UpstreamClient,
+    UpstreamError,
+    Validators,
+    project_from_row,
+    retry_after_seconds,
+)
 
 BASE = "https://client.example.com/api"
 
@@ -31,7 +38,7 @@ def mock(upstream_client):
 
 def test_get_joins_the_url_and_returns_the_body(upstream_client, mock):
     mock.get(BASE + "/units", json={"A1": "open"})
-    assert json.loads(upstream_client.get(make_project())) == {"A1": "open"}
+    assert json.loads(upstream_client.get(make_project()).content) == {"A1": "open"}
     assert mock.last_request.headers["Accept"] == "application/json"
     assert "Authorization" not in mock.last_request.headers
 
@@ -71,7 +78,7 @@ def test_configured_auth_wins_over_userinfo(upstream_client, mock):
 
 def test_absolute_endpoint_is_used_as_is(upstream_client, mock):
     mock.get("https://elsewhere.example.com/s", json={"B1": "sold"})
-    assert json.loads(upstream_client.get(make_project(endpoint="https://elsewhere.example.com/s"))) == {"B1": "sold"}
+    assert json.loads(upstream_client.get(make_project(endpoint="https://elsewhere.example.com/s")).content) == {"B1": "sold"}
 
 
 def test_timeout_is_passed_to_requests(upstream_client, mock):
@@ -149,7 +156,7 @@ def test_a_transport_error_says_its_innermost_cause_and_no_more(upstream_client,
 @pytest.mark.parametrize("body", [b"<html>", b"", b'"open"', b'[{"unit": "A1"}]'])
 def test_any_body_of_a_2xx_is_returned_as_it_came(upstream_client, mock, body):
     mock.get(BASE + "/units", content=body)
-    assert upstream_client.get(make_project()) == body      # judging it is the service's job
+    assert upstream_client.get(make_project()).content == body      # judging it is the service's job
 
 
 def test_no_cookie_is_kept_or_sent(upstream_client, mock):
@@ -184,7 +191,7 @@ def test_body_at_the_limit_is_fine():
     upstream_client = UpstreamClient(max_bytes=len(b'{"A": "open"}'))
     with rm.Mocker(session=upstream_client.session) as mock:
         mock.get(BASE + "/units", content=b'{"A": "open"}')
-        assert upstream_client.get(make_project()) == b'{"A": "open"}'
+        assert upstream_client.get(make_project()).content == b'{"A": "open"}'
 
 
 def test_unusable_config_fails_without_a_request(upstream_client, mock):
@@ -198,7 +205,7 @@ def test_unusable_config_fails_without_a_request(upstream_client, mock):
 def test_only_2xx_answers_are_bodies(upstream_client, mock, status, ok):
     mock.get(BASE + "/units", status_code=status, content=b"{}")
     if ok:
-        assert upstream_client.get(make_project()) == b"{}"
+        assert upstream_client.get(make_project()).content == b"{}"
     else:
         with pytest.raises(UpstreamError, match="http_error"):
             upstream_client.get(make_project())
@@ -208,4 +215,61 @@ def test_a_declared_length_at_the_limit_is_read():
     upstream_client = UpstreamClient(max_bytes=13)
     with rm.Mocker(session=upstream_client.session) as mock:
         mock.get(BASE + "/units", content=b'{"A": "open"}', headers={"Content-Length": "13"})
-        assert upstream_client.get(make_project()) == b'{"A": "open"}'
+        assert upstream_client.get(make_project()).content == b'{"A": "open"}'
+
+
+# --------------------------------------------------------------------------- upstream manners
+
+def test_validators_are_kept_and_sent_back_as_a_conditional_request(upstream_client, mock):
+    project = make_project()
+    mock.get(BASE + "/units", json={"A1": "open"},
+             headers={"ETag": '"v1"', "Last-Modified": "Wed, 02 Dec 2026 10:00:00 GMT"})
+    first = upstream_client.get(project)
+    assert first.validators == Validators('"v1"', "Wed, 02 Dec 2026 10:00:00 GMT", project.settings)
+    assert "If-None-Match" not in mock.last_request.headers
+    mock.get(BASE + "/units", status_code=304)
+    assert isinstance(upstream_client.get(project, first.validators), NotModified)
+    assert mock.last_request.headers["If-None-Match"] == '"v1"'
+    assert mock.last_request.headers["If-Modified-Since"] == "Wed, 02 Dec 2026 10:00:00 GMT"
+
+
+def test_a_304_to_a_request_that_was_not_conditional_is_a_failure(upstream_client, mock):
+    mock.get(BASE + "/units", status_code=304)
+    with pytest.raises(UpstreamError, match="http_error"):
+        upstream_client.get(make_project())
+
+
+@pytest.mark.parametrize("etag", ['"' + "x" * 2000 + '"', "a\tb", ""])
+def test_a_validator_that_cannot_be_sent_back_is_not_kept(upstream_client, mock, etag):
+    mock.get(BASE + "/units", json={}, headers={"ETag": etag})
+    assert upstream_client.get(make_project()).validators is None
+
+
+@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("7", 7.0), ("0", 0.0), ("99999999999999999999999", 240.0),       # capped: 8 x 30 s
+    ("Wed, 02 Dec 2026 10:01:40 GMT", 100.0), ("Wed, 02 Dec 2026 09:00:00 GMT", 0.0),
+    ("soon", 240.0), ("-5", 240.0),
+])
+def test_a_retry_after_holds_us_back_at_most_eight_intervals(mock, status, value, seconds):
+    upstream_client = UpstreamClient(1_000_000, clock=lambda: 1796205600.0)  # 2026-12-02 10:00 UTC
+    with rm.Mocker(session=upstream_client.session) as mock:
+        mock.get(BASE + "/units", status_code=status, headers={"Retry-After": value})
+        with pytest.raises(UpstreamError) as raised:
+            upstream_client.get(make_project())
+    assert raised.value.outcome == "rate_limited"
+    assert raised.value.retry_after == pytest.approx(seconds)
+
+
+def test_without_retry_after_a_429_is_a_failure_like_any_other(upstream_client, mock):
+    mock.get(BASE + "/units", status_code=429)
+    with pytest.raises(UpstreamError) as raised:
+        upstream_client.get(make_project())
+    assert raised.value.outcome == "http_error" and raised.value.retry_after is None
+
+
+def test_retry_after_seconds_reads_both_forms():
+    assert retry_after_seconds(" 12 ", now=0, cap=60) == 12
+    assert retry_after_seconds("Thu, 01 Jan 1970 00:00:30 GMT", now=0, cap=60) == 30
+    assert retry_after_seconds("Thu, 01 Jan 1970 00:00:30 GMT", now=100, cap=60) == 0
+    assert retry_after_seconds("١٢", now=0, cap=60) == 60     # digits, but not ASCII ones

@@ -1,0 +1,207 @@
+"""A stream and its one writer (SocketTransport), on a real socket pair with a small window,
+driven as the fanout drives it: offers that the socket takes whole, in part or not at all,
+pings, a client that stops reading, hangs up or is shut down on. Its lifecycle table is
+checked as a table; a property test drives random interleavings and checks that every byte
+arrives once, in order, framed."""
+
+from __future__ import annotations
+
+import socket
+
+import gevent
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from public_service import (
+    STREAM_QUEUE_SIZE,
+    STREAM_TRANSITIONS,
+    Ping,
+    SocketTransport,
+    Stream,
+    StreamEvent,
+    StreamState,
+    StreamStateError,
+    StreamStats,
+    Wire,
+)
+
+HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+class Client:
+    """The reading end of the pair: it reads only when told, as a slow phone would."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.received = bytearray()
+        self.eof = False
+
+    def read(self, at_most: int = 1 << 20) -> None:
+        while at_most > 0 and not self.eof:
+            try:
+                data = self.sock.recv(min(at_most, 65536))
+            except BlockingIOError:
+                return
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.eof = True
+                return
+            self.received += data
+            at_most -= len(data)
+
+    def read_to_the_end(self, timeout: float = 5.0) -> None:
+        with gevent.Timeout(timeout):
+            while not self.eof:
+                self.read()
+                gevent.sleep(0.001)
+
+    def body(self) -> tuple[bytes, bool]:
+        """(the body de-chunked, whether it ended with its last chunk); every chunk whole
+        and framed: its size line, its bytes, its CRLF, nothing between chunks."""
+        assert self.received.startswith(HEAD)
+        raw = bytes(self.received[len(HEAD):])
+        body = bytearray()
+        while raw:
+            size_line, crlf, rest = raw.partition(b"\r\n")
+            if not crlf:
+                break                                # cut off in its size line
+            size = int(size_line, 16)
+            if len(rest) < size + 2:
+                break                                # cut off inside the chunk
+            assert rest[size:size + 2] == b"\r\n"
+            if size == 0:
+                assert rest == b"\r\n"               # nothing after the last chunk
+                return bytes(body), True
+            body += rest[:size]
+            raw = rest[size + 2:]
+        return bytes(body), False
+
+
+def attached(window: int = 4096):
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, window)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, window)
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    stats, closed, written = StreamStats(), [], []
+    stream = Stream(["p"], closed.append, stats)
+    stream.say(Wire(b"event: connected\ndata: {}\n\n"))
+    stream.attach(SocketTransport(ours, HEAD, True, False, stats, written.append))
+    return stream, Client(theirs), stats, closed, written
+
+
+def message(size: int, letter: bytes = b"x") -> Wire:
+    return Wire(b"data: " + letter * size + b"\n\n")
+
+
+def test_the_lifecycle_is_one_table_and_refuses_what_it_does_not_name():
+    assert set(STREAM_TRANSITIONS) == set(StreamState)
+    assert set(STREAM_TRANSITIONS[StreamState.CLOSED]) == set(StreamEvent)   # late news: ignored
+    assert STREAM_TRANSITIONS[StreamState.LIVE][StreamEvent.SHORT_WRITE] is StreamState.BACKED_UP
+    assert STREAM_TRANSITIONS[StreamState.BACKED_UP][StreamEvent.OVERFLOW] is StreamState.CLOSED
+    assert StreamEvent.OVERFLOW not in STREAM_TRANSITIONS[StreamState.LIVE]   # only when backed up
+    stream, *_ = attached()
+    with pytest.raises(StreamStateError):
+        stream.event(StreamEvent.FLUSHED)            # a live stream has no last words to flush
+
+
+def test_a_message_the_socket_takes_in_part_is_finished_by_the_event_loop_in_order():
+    stream, client, stats, closed, _ = attached()
+    messages = [message(200_000, letter) for letter in (b"A", b"B", b"C")]
+    for wire in messages:                             # one after another, no wait
+        assert stream.offer(Ping(wire))
+    assert stream.state is StreamState.BACKED_UP and stats.buffered > 0
+    with gevent.Timeout(5):
+        while stream.state is StreamState.BACKED_UP:
+            client.read(8192)
+            gevent.sleep(0.001)
+    assert stream.state is StreamState.LIVE and stats.buffered == 0
+    stream.end(b"retry: 3000\n\n")
+    client.read_to_the_end()
+    body, ended = client.body()
+    assert ended and body == b"event: connected\ndata: {}\n\n" + b"".join(m.plain for m in messages) \
+        + b"retry: 3000\n\n"
+    assert stream.state is StreamState.CLOSED and closed == [stream]
+
+
+def test_a_stream_ended_mid_write_finishes_that_write_before_its_last_words():
+    stream, client, _, _, written = attached()
+    wire = message(300_000)
+    assert stream.offer(Ping(wire)) and stream.state is StreamState.BACKED_UP
+    stream.end(b"retry: 3000\n\n")
+    assert stream.state is StreamState.ENDING
+    client.read_to_the_end()
+    body, ended = client.body()
+    assert ended and body.endswith(wire.plain + b"retry: 3000\n\n")
+    assert written == [len(client.received)]          # the access line's count: every byte
+
+
+def test_a_reader_that_falls_too_far_behind_is_dropped_and_hung_up_on():
+    stream, client, stats, closed, _ = attached()
+    results = [stream.offer(Ping(message(10_000))) for _ in range(STREAM_QUEUE_SIZE + 1)]
+    assert results[-1] is False and results.count(False) == 1
+    assert stream.state is StreamState.CLOSED and closed == [stream] and stats.buffered == 0
+    client.read_to_the_end()                          # the hang-up reaches the client
+    assert not client.body()[1]                       # cut, not ended: EventSource reconnects
+
+
+def test_a_client_that_hangs_up_is_heard_at_once_whatever_it_sent_before():
+    stream, client, _, closed, _ = attached()
+    client.sock.send(b"stray")                        # an SSE client should send nothing
+    gevent.sleep(0.01)
+    assert stream.state is StreamState.LIVE           # stray bytes are dropped, not fatal
+    client.sock.close()
+    with gevent.Timeout(2):
+        while stream.state is not StreamState.CLOSED:
+            gevent.sleep(0.001)
+    assert closed == [stream]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(
+    st.tuples(st.just("offer"), st.integers(1, 120_000)),
+    st.tuples(st.just("read"), st.integers(0, 200_000)),
+    st.tuples(st.just("tick"), st.just(0)),
+    st.tuples(st.just("hang up"), st.just(0)),
+    st.tuples(st.just("end"), st.just(0)),
+), max_size=40))
+def test_any_interleaving_delivers_every_byte_once_in_order_framed(operations):
+    stream, client, stats, closed, written = attached()
+    expected = bytearray(b"event: connected\ndata: {}\n\n")
+    dropped = hung_up = ended = False
+    for number, (operation, size) in enumerate(operations):
+        if operation == "offer":
+            wire = message(size, b"abcdefgh"[number % 8:number % 8 + 1])
+            taken = stream.offer(Ping(wire))
+            if stream.state in (StreamState.LIVE, StreamState.BACKED_UP) or not taken:
+                expected += wire.plain
+            dropped = dropped or not taken
+        elif operation == "read" and not hung_up:
+            client.read(size)
+        elif operation == "hang up" and not hung_up:
+            client.sock.close()
+            hung_up = True
+        elif operation == "end" and not ended and stream.state is not StreamState.CLOSED:
+            stream.end(b"retry: 1000\n\n")
+            expected += b"retry: 1000\n\n"
+            ended = True
+        gevent.sleep(0)                               # the event loop writes, and hears
+    if hung_up:
+        with gevent.Timeout(2):
+            while stream.state is not StreamState.CLOSED:
+                gevent.sleep(0.001)
+        assert closed == [stream] and stats.buffered == 0
+        return
+    if not ended and not dropped:
+        stream.end(b"retry: 1000\n\n")
+        expected += b"retry: 1000\n\n"
+    client.read_to_the_end()
+    body, complete = client.body()
+    assert stream.state is StreamState.CLOSED and closed == [stream] and stats.buffered == 0
+    if dropped:
+        assert not complete and bytes(expected).startswith(body)
+    else:
+        assert complete and body == bytes(expected)
+        assert written == [len(client.received)]

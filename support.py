@@ -219,7 +219,10 @@ class Route:
     bodies: list = field(default_factory=list)   # if set, answered in turn, cycling
     cookies_per_answer: int = 0    # new cookies (never seen names) set by every answer
     authorization: str | None = None   # if set, any other Authorization header gets a 401
+    etag: str | None = None            # sent, and a matching If-None-Match gets a 304
+    last_modified: str | None = None   # sent, and a matching If-Modified-Since gets a 304
     served: int = 0
+    not_modified: int = 0              # of them, 304s
 
 
 @dataclass
@@ -295,9 +298,21 @@ class Upstream:
                     self.send_error(401)
                     return
                 time.sleep(route.delay)
+                if route.status == 200 and (
+                        (route.etag and self.headers.get("If-None-Match") == route.etag)
+                        or (route.last_modified and self.headers.get("If-Modified-Since") == route.last_modified)):
+                    with upstream._lock:
+                        route.not_modified += 1
+                    self.send_response(304)
+                    self.end_headers()
+                    return
                 self.send_response(route.status)
                 for name, value in route.headers.items():
                     self.send_header(name, value)
+                if route.etag:
+                    self.send_header("ETag", route.etag)
+                if route.last_modified:
+                    self.send_header("Last-Modified", route.last_modified)
                 if route.trickle:
                     self.send_header("Content-Length", "1000000")
                     self.end_headers()

@@ -10,7 +10,10 @@ clients in turn, each on a fresh service:
 For each: the streams the service holds (its metric), the connections on the wire, and
 for ten changes (one unit of one project, by a refresh): the bytes on the wire per
 change (gzip, as Chromium asks for it) and the time until every tab of the project shows
-it. Figures are printed, raw ones saved in bench/results/. A minute or so.
+it. A change costs one message per stream that carries its project: today's client
+sends it once per tab of the project, the sharing one once; but a multiplexed message is
+bigger (its id names every project's position, its data the project). Figures are
+printed, raw ones saved in bench/results/. A minute or so.
 """
 
 from __future__ import annotations
@@ -151,7 +154,7 @@ def open_streams(port: int) -> int:
                           if line.startswith("public_status_open_streams "))))
 
 
-def visit(name: str, query: str, env: dict, site: str, upstream_url: str) -> dict:
+def visit(name: str, query: str, shared: bool, env: dict, site: str, upstream_url: str) -> dict:
     service = gunicorn("public-status", "wsgi:app", env)
     proxy = CountingProxy(service.port)
     try:
@@ -159,12 +162,17 @@ def visit(name: str, query: str, env: dict, site: str, upstream_url: str) -> dic
             tabs = [browser.page] + [browser.new_tab() for _ in TABS[1:]]
             for tab, project in zip(tabs, TABS, strict=True):
                 tab.goto(f"{site}/?api={proxy.url}&projects={project}&{query}")
-            for tab in tabs:
-                tab.wait_for("window.lives && lives[0].state === 'live' && "
-                             "Object.keys(seen[lives[0].project].statuses || {}).length === 240", 20)
+            try:
+                for tab in tabs:
+                    tab.wait_for("window.lives && lives[0].state === 'live' && "
+                                 "Object.keys(seen[lives[0].project].statuses || {}).length === 240", 20)
+            except AssertionError:
+                shown = [tab.evaluate("JSON.stringify(window.lives && lives.map((l) => [l.project, "
+                                      "l.state, l.stats]))") for tab in tabs]
+                raise SystemExit(f"{name}: not every tab went live: {shown}") from None
             time.sleep(1)                         # streams reopened while tabs came, let go of
             held = {"streams": open_streams(service.port), "connections": proxy.open}
-            per_change, reach = [], []
+            per_change, per_message, reach = [], [], []
             for n in range(CHANGES):
                 project = PROJECTS[n % len(PROJECTS)]
                 mine = [tab for tab, p in zip(tabs, TABS, strict=True) if p == project]
@@ -177,12 +185,14 @@ def visit(name: str, query: str, env: dict, site: str, upstream_url: str) -> dic
                     tab.wait_for(f"seen['{project}'].statuses['{UNIT}'] !== '{before}'", 5)
                 time.sleep(0.3)                   # every byte of it, to every tab
                 per_change.append(proxy.down - down)
+                per_message.append(per_change[-1] / (1 if shared else len(mine)))   # one per stream
                 reach.append(max(tab.evaluate(f"seen['{project}'].at") for tab in mine) - changed_at)
     finally:
         proxy.stop()
         service.stop()
     return {"client": name, **held, "bytes_per_change": sum(per_change) / len(per_change),
             "bytes_per_change_each": per_change,
+            "bytes_per_message": sum(per_message) / len(per_message),
             "reach_ms_max": max(reach) * 1000, "reach_ms_median": sorted(reach)[len(reach) // 2] * 1000}
 
 
@@ -201,23 +211,26 @@ def main() -> None:
     env = {"DATABASE_URL": database.reader_url, "STATUS_CACHE_TTL": "3600", "SSE_PING_INTERVAL": "3600",
            "REFRESH_MIN_INTERVAL": "0", "PROJECT_CACHE_TTL": "3600", "LOG_LEVEL": "WARNING"}
     site = serve_pages(today)
-    runs = [(f"today's ({commit})", "client=today"), ("sharing", "client=new"),
-            ("sharing, {share: false}", "client=new&share=false")]
+    runs = [(f"today's ({commit})", "client=today", False), ("sharing", "client=new", True),
+            ("sharing, {share: false}", "client=new&share=false", False)]
     results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "tabs": TABS, "runs": []}
     try:
-        for name, query in runs:
-            results["runs"].append(visit(name, query, env, site, upstream_url))
+        for name, query, shared in runs:
+            results["runs"].append(visit(name, query, shared, env, site, upstream_url))
     finally:
         for server in Server.started:
             server.stop()
     save_results(results, "tabs")
     print(f"\nA visitor with {len(TABS)} tabs on {len(PROJECTS)} projects (240 units each), "
           f"{CHANGES} changes of one unit ({machine()}):\n")
-    print(f"{'client':<28}{'streams':>8}{'conns':>7}{'bytes/change':>14}{'reach ms (median/max)':>24}")
+    print(f"{'client':<28}{'streams':>8}{'conns':>7}{'bytes/change':>14}{'bytes/message':>15}"
+          f"{'reach ms (median/max)':>24}")
     for run in results["runs"]:
         print(f"{run['client']:<28}{run['streams']:>8}{run['connections']:>7}"
-              f"{run['bytes_per_change']:>14.0f}"
+              f"{run['bytes_per_change']:>14.0f}{run['bytes_per_message']:>15.0f}"
               f"{run['reach_ms_median']:>14.1f} / {run['reach_ms_max']:.1f}")
+    print("\n(streams: the service's metric; conns: connections open through the counting proxy,"
+          "\n a stream each and any idle keep-alive; a change reaches every tab of its project)")
 
 
 if __name__ == "__main__":

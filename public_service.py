@@ -3902,7 +3902,7 @@ class PartialHead:
     already over its bounds is refused before it is complete, and so is one that ends its
     lines with a bare LF (it would never end, as this edge reads heads)."""
 
-    __slots__ = ("checked", "line_ends", "last_line_end")
+    __slots__ = ("checked", "last_line_end", "line_ends")
 
     def __init__(self):
         self.checked = 0            # bytes of the head checked so far

@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.run import (
-    ROOT,
     LOAD_CORE,
+    ROOT,
     SERVER_CORE,
     LoadGenerator,
     Server,

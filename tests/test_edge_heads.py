@@ -11,8 +11,8 @@ from gunicorn.http.unreader import IterUnreader
 from public_service import (
     HEADER_FIELD_LIMIT,
     HEADER_FIELDS_LIMIT,
-    PartialHead,
     REQUEST_LINE_LIMIT,
+    PartialHead,
     RequestRefused,
     parse_head,
 )

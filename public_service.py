@@ -2162,13 +2162,21 @@ class SharedStore(Store):
             if kind is CommitKind.BEHIND:
                 self.load(slug)
                 continue
-            if kind is CommitKind.UNCHANGED and current is not None and current.position == position:
+            # The follower may have brought the commit in already (its message comes with
+            # the script's answer). Else the mirror takes it from what this worker holds:
+            # no more I/O, so that this fetch ends with its outcome made public, and no
+            # refresh joins a fetch whose result its client has seen.
+            held = self._mirror.read(slug)[0]
+            if held is not None and held.position == position:
                 self._mirror.touch(slug, time.time(), now.validators)
-            elif kind is CommitKind.CHANGED and current is not None and current.position == Position(
-                    position.epoch, position.version - 1):
+            elif kind is CommitKind.CHANGED and (position.version == 1 or (
+                    held is current and current is not None
+                    and current.position == Position(position.epoch, position.version - 1))):
                 self._digests[slug] = digest
+                step = now.updates is not None and current is not None and held is current
                 self._mirror.install(Change(Snapshot.build(slug, position, now.statuses, now.encoded),
-                                            current.position, now.updates), time.time(), now.validators)
+                                            current.position if step else None,
+                                            now.updates if step else None), time.time(), now.validators)
             else:                                 # Redis was elsewhere: take what it holds
                 self.load(slug)
             return self._mirror.read(slug)[0]

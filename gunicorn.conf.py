@@ -38,7 +38,7 @@ def when_ready(server):
     if server.cfg.workers > 1 and not os.environ.get("REDIS_URL"):
         server.log.warning(
             "%d workers without REDIS_URL: each polls every watched project, and keeps its own "
-            "cache, refresh limit and stream ids (README, Deploying: set REDIS_URL, or "
+            "cache, refresh limit and stream ids (docs/scaling.md: set REDIS_URL, or "
             "WEB_CONCURRENCY=1)", server.cfg.workers)
 
 

@@ -626,13 +626,29 @@ class Wire:
     stream asks, as a self-contained piece of a deflate stream (`piece`; for bytes of one
     connection, a stored block: no compressor). Either as an HTTP/1.1 chunk too (`chunk`)."""
 
-    __slots__ = ("_chunks", "_piece", "_stored", "plain")
+    __slots__ = ("_chunks", "_piece", "_stored", "_tails", "plain")
+
+    TAILS = 256                       # distinct endings kept per Wire, at most
 
     def __init__(self, plain: bytes, stored: bool = False):
         self.plain = plain
         self._stored = stored
         self._piece: bytes | None = None
         self._chunks: list[bytes | None] = [None, None]  # plain, piece
+        self._tails: dict[bytes, Wire] | None = None
+
+    def with_tail(self, tail: bytes) -> Wire:
+        """These bytes and `tail` (a multiplexed stream's own `id:` line), as a Wire of
+        their own, made once for every stream whose id is the same: most streams of a
+        project hold the same positions, so they share it, chunk and gzip piece too."""
+        if self._tails is None:
+            self._tails = {}
+        wire = self._tails.get(tail)
+        if wire is None:
+            wire = Wire(self.plain + tail)
+            if len(self._tails) < self.TAILS:
+                self._tails[tail] = wire
+        return wire
 
     @property
     def piece(self) -> bytes:
@@ -2513,6 +2529,13 @@ def mux_event_id(held: Mapping[str, Position | None]) -> str:
     return ".".join(parts)
 
 
+@functools.lru_cache(maxsize=4096)
+def _id_line(held: tuple[tuple[str, Position | None], ...]) -> bytes:
+    """A multiplexed stream's `id:` line for the positions it holds: one bytes object for
+    all the streams that hold the same (its hash made once, for `Wire.with_tail`)."""
+    return b"id: %s\n\n" % mux_event_id(dict(held)).encode()
+
+
 def parse_mux_event_id(text: str | None) -> dict[str, Position]:
     """A multiplexed id -> tag -> Position; what cannot be read is left out."""
     found: dict[str, Position] = {}
@@ -2591,7 +2614,7 @@ class Transport(Protocol):
     backlog: int
 
     def start(self, on_event: Callable[[StreamEvent], None]) -> None: ...
-    def write(self, message: Wire, tail: bytes = b"") -> None: ...
+    def write(self, message: Wire) -> None: ...
     def end(self, last_words: bytes | None) -> None: ...
     def abort(self) -> None: ...
 
@@ -2607,8 +2630,7 @@ class SocketTransport(Transport):
     discarded, up to STRAY_BYTES_LIMIT). `on_closed(bytes)` is told once, at the end.
 
     A message is written as the bytes all its streams share: a chunk framed once, or its
-    gzip piece; a multiplexed stream's message adds its own id (`tail`), in the same
-    send (sendmsg of the shared bytes and the tail)."""
+    gzip piece, in one send."""
 
     __slots__ = (
         "_backlog",
@@ -2653,23 +2675,18 @@ class SocketTransport(Transport):
         self._reader = gevent.get_hub().loop.io(self._sock.fileno(), 1)
         self._reader.start(self._on_readable)
 
-    def write(self, message: Wire, tail: bytes = b"") -> None:
+    def write(self, message: Wire) -> None:
         if self._sock is None or self._ending:
             return
         if self._gzip:
             self._crc = zlib.crc32(message.plain, self._crc)
             self._size += len(message.plain)
-            if tail:
-                self._crc = zlib.crc32(tail, self._crc)
-                self._size += len(tail)
-            parts = [message.chunk(True)] if self._chunked and not tail else \
-                self._framed([message.piece, stored_piece(tail)] if tail else [message.piece])
-        elif tail:
-            parts = self._framed([message.plain, tail])
+        if self._chunked:
+            data = message.chunk(self._gzip)
         else:
-            parts = [message.chunk(False) if self._chunked else message.plain]
+            data = message.piece if self._gzip else message.plain
         self._stats.messages += 1
-        self._put(parts)
+        self._put([data])
 
     def end(self, last_words: bytes | None) -> None:
         """The last words (a `retry:`), the end of the gzip stream and of the body; the
@@ -2826,15 +2843,15 @@ class QueueTransport(Transport):
     def start(self, on_event: Callable[[StreamEvent], None]) -> None:
         self._on_event = on_event
 
-    def write(self, message: Wire, tail: bytes = b"") -> None:
+    def write(self, message: Wire) -> None:
         if self._done:
             return
         if self._gzip:
-            self._crc = zlib.crc32(message.plain + tail, self._crc)
-            self._size += len(message.plain) + len(tail)
-            data = message.piece + (stored_piece(tail) if tail else b"")
+            self._crc = zlib.crc32(message.plain, self._crc)
+            self._size += len(message.plain)
+            data = message.piece
         else:
-            data = message.plain + tail
+            data = message.plain
         self._stats.messages += 1
         self._add(data)
         self._on_event(StreamEvent.SHORT_WRITE)  # not taken until the server asks again
@@ -2907,7 +2924,7 @@ class Stream:
         self._unsubscribe = unsubscribe
         self.stats = stats                    # what its writer counts, with every other's
         self._transport: Transport | None = None
-        self._early: list[tuple[Wire, bytes]] | None = []
+        self._early: list[Wire] | None = []
         self._last_words: bytes | None = None
         self._tail: bytes | None = None       # a multiplexed stream's `id:` line, as it stands
 
@@ -2920,7 +2937,7 @@ class Stream:
     def offer(self, delivery: Delivery) -> bool:
         """Take a delivery; False if it fell too far behind and was dropped just now."""
         if type(delivery) is Ping:
-            return self._send(delivery.message, b"")
+            return self._send(delivery.message)
         snapshot = delivery.snapshot
         slug = snapshot.slug
         match delivery.succession(self.held.get(slug, snapshot.position)):
@@ -2931,7 +2948,7 @@ class Stream:
             case Succession.STALE:
                 return True
         self.hold(slug, snapshot.position)
-        return message is None or self._send(message, self._id_line() if self._mux else b"")
+        return message is None or self.say_status(message)
 
     def hold(self, slug: str, position: Position | None) -> None:
         """What the client holds of a project from now on (as its next message will say)."""
@@ -2939,26 +2956,26 @@ class Stream:
         self._tail = None
 
     def say(self, message: Wire) -> bool:
-        """A message of the stream's own (connected, a resume's bulk_update): a
-        multiplexed one gets the stream's id if it is a status message (`id_line`)."""
-        return self._send(message, b"")
+        """A message of the stream's own, as it is (`connected`, a ping)."""
+        return self._send(message)
 
     def say_status(self, message: Wire) -> bool:
-        return self._send(message, self._id_line() if self._mux else b"")
-
-    def _id_line(self) -> bytes:
+        """A status message: a multiplexed stream's ends with its own id, the positions
+        it holds now (the same bytes for every stream that holds the same)."""
+        if not self._mux:
+            return self._send(message)
         if self._tail is None:
-            self._tail = b"id: %s\n\n" % mux_event_id(self.held).encode()
-        return self._tail
+            self._tail = _id_line(tuple(self.held.items()))
+        return self._send(message.with_tail(self._tail))
 
-    def _send(self, message: Wire, tail: bytes) -> bool:
+    def _send(self, message: Wire) -> bool:
         state = self.state
         if state is StreamState.LIVE or state is StreamState.BACKED_UP:
-            self._transport.write(message, tail)
+            self._transport.write(message)
             if self._transport.backlog <= STREAM_QUEUE_SIZE:
                 return True
         elif state is StreamState.OPENING:
-            self._early.append((message, tail))
+            self._early.append(message)
             if len(self._early) <= STREAM_QUEUE_SIZE:
                 return True
         else:
@@ -2977,8 +2994,8 @@ class Stream:
             transport.abort()
             return
         early, self._early = self._early, None
-        for message, tail in early:
-            transport.write(message, tail)
+        for message in early:
+            transport.write(message)
         if self.state is StreamState.ENDING:
             transport.end(self._last_words)
 

@@ -94,6 +94,52 @@ def held_phase(server: Server, load: LoadGenerator, count: int, upstream_url: st
             "cpu_us_per_message": 1e6 * cpu / max(1, delivery["delivered"])}
 
 
+def multiplexed_phase(env: dict, load: LoadGenerator, upstream_url: str, count: int) -> dict:
+    """One change to `count` streams: single streams of one project, then (a fresh
+    worker) multiplexed streams of three, the changed project among them."""
+    figures = {}
+    for kind, path in (("single", STREAM), ("multiplexed", "/api/public/status/stream?projects="
+                                                          "bench-get,bench-mux-2,bench-mux-3")):
+        server = start(kind, env)
+        load("open", port=server.port, path=path, count=count, marker="status_update")
+        time.sleep(1)
+        runs = []
+        for _ in range(5):
+            http("GET", f"{upstream_url}/_flip?path=/bench-get")
+            runs.append(load("deliver", port=server.port, method="POST", path=TRIGGER[1],
+                             marker="bulk_update", timeout=30))
+            time.sleep(0.5)
+        load("close_all")
+        server.stop()
+        figures[kind] = {"p50_ms": statistics.median(r["p50_ms"] for r in runs),
+                         "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                         "bytes_per_stream": statistics.median(r["bytes_per_stream"] for r in runs),
+                         "delivered": sum(r["delivered"] for r in runs),
+                         "expected": sum(r["expected"] for r in runs)}
+    return figures
+
+
+def polls_phase(env: dict, load: LoadGenerator, upstream_url: str, root: Path, seconds: int = 30) -> dict:
+    """A 5,000-unit project whose document does not change, watched by one stream and
+    polled every 0.5 s: the client API's bytes and the worker's CPU per poll."""
+    path = "/bench-units"
+    http("GET", f"{upstream_url}/_units?path={path}&units=5000")
+    http("GET", f"{upstream_url}/_etag?path={path}")
+    server = start("polls", env, root)
+    load("open", port=server.port, path="/api/public/bench-units/status/stream", count=1,
+         marker="status_update")
+    time.sleep(2)
+    served = lambda kind: json.loads(http("GET", f"{upstream_url}/_{kind}")).get(path, 0)  # noqa: E731
+    requests_before, bytes_before, cpu_before = served("count"), served("bytes"), server.cpu_seconds()
+    time.sleep(seconds)
+    polls = served("count") - requests_before
+    figures = {"polls": polls, "bytes_per_poll": (served("bytes") - bytes_before) / max(1, polls),
+               "cpu_ms_per_poll": 1000 * (server.cpu_seconds() - cpu_before) / max(1, polls)}
+    load("close_all")
+    server.stop()
+    return figures
+
+
 def first_event(server: Server, load: LoadGenerator) -> dict:
     return load("first_event", port=server.port, path=STREAM, count=500, marker="status_update")
 
@@ -192,6 +238,16 @@ def report(results: dict) -> str:
                      f"{day['live']['p99_ms']:.0f} / {day['live']['max_ms']:.0f} ms, "
                      f"{day['delivered']:,} / {day['expected']:,} delivered, {day['rss_mb']:.0f} MB, "
                      f"{100 * day['cpu_seconds'] / day['seconds']:.0f}% CPU, errors {sum(day['errors'].values())} | | | |")
+    mux = results["multiplexed"]
+    lines += ["", "| one change to 5,000 streams | p50 / p99 | bytes per stream | delivered |",
+              "|---|---|---|---|"]
+    for kind, row in mux.items():
+        lines.append(f"| {kind} | {row['p50_ms']:.0f} / {row['p99_ms']:.0f} ms | {row['bytes_per_stream']:.0f} "
+                     f"| {row['delivered']:,} / {row['expected']:,} |")
+    lines += ["", "| a 5,000-unit project, unchanged, polled every 0.5 s | client API bytes per poll "
+              "| worker CPU per poll |", "|---|---|---|"]
+    for who, row in results["polls"].items():
+        lines.append(f"| {who} ({row['polls']} polls) | {row['bytes_per_poll']:,.0f} | {row['cpu_ms_per_poll']:.2f} ms |")
     lines += ["", f"Where an idle stream's bytes go (tracemalloc, {results['itemized_count']:,} streams):", "",
               "| allocated at | bytes per stream |", "|---|---|"]
     lines += [f"| {site} | {size:,.0f} |" for site, size in results["itemized"]]
@@ -216,6 +272,9 @@ def main() -> None:
     upstream_port = int(upstream_url.rsplit(":", 1)[1])
     database = prepare_database(upstream_url)
     database.add_project("launch", base_url=upstream_url, interval=1)
+    for slug in ("bench-mux-2", "bench-mux-3"):
+        database.add_project(slug, base_url=upstream_url, interval=3600)
+    database.add_project("bench-units", base_url=upstream_url, interval=0.5)
     env = {"DATABASE_URL": database.reader_url, "STATUS_CACHE_TTL": "3600", "SSE_PING_INTERVAL": "3600",
            "REFRESH_MIN_INTERVAL": "0", "PROJECT_CACHE_TTL": "3600", "LOG_LEVEL": "WARNING",
            "MAX_STREAMS": "20000"}
@@ -239,6 +298,9 @@ def main() -> None:
         results["first"] = {"ours": first_event(ours, load), "peer": first_event(theirs, load)}
         ours.stop()
         theirs.stop()
+        results["multiplexed"] = multiplexed_phase(env, load, upstream_url, 5000)
+        results["polls"] = {who: polls_phase(env, load, upstream_url, root)
+                            for who, root in (("ours", ROOT), ("the peer", peer))}
         results["launch"] = {who: launch_phase(env, load, upstream_url, upstream_port,
                                                options.launch_seconds, root=root)
                              for who, root in (("ours", ROOT), ("the peer", peer))}

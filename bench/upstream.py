@@ -18,6 +18,8 @@ UNITS = [f"{floor}{unit:02d}" for floor in range(1, 16) for unit in range(1, 17)
 CYCLE = ("open", "held", "closed")
 documents: dict[str, dict[str, str]] = {}
 requests_by_path: dict[str, int] = {}
+bytes_by_path: dict[str, int] = {}      # body bytes served
+validated: set[str] = set()             # paths whose answers carry an ETag (and may be 304s)
 # A launch: generation g (1, 2, ...) changes units 5g .. 5g+4 (launch_unit(n)); "served"
 # holds the monotonic time (one clock for every process of the machine) at which a
 # document holding g was first served.
@@ -49,6 +51,14 @@ def app(environ, start_response):
         body = b"{}"
     elif path == "/_count":    # requests served per path
         body = json.dumps(requests_by_path).encode()
+    elif path == "/_bytes":    # body bytes served per path
+        body = json.dumps(bytes_by_path).encode()
+    elif path == "/_units":    # ?path=&units=5000: a document of that many units
+        documents[query["path"][0]] = {f"U{n:05d}": "open" for n in range(int(query["units"][0]))}
+        body = b"{}"
+    elif path == "/_etag":     # ?path=: its answers carry an ETag, and a match gets a 304
+        validated.add(query["path"][0])
+        body = b"{}"
     elif path == "/_launch":   # ?path=&units=1000&per_second=5 sets it up, &go=1 starts
         target = query["path"][0]   # the changes, &stop=1 stops them: when each was served
         body = b"{}"
@@ -67,6 +77,16 @@ def app(environ, start_response):
     else:
         requests_by_path[path] = requests_by_path.get(path, 0) + 1
         body = json.dumps(documents.setdefault(path, {u: "open" for u in UNITS})).encode()
+        if path in validated:
+            etag = f'"{hash(body) & 0xFFFFFFFFFFFF:x}"'
+            if environ.get("HTTP_IF_NONE_MATCH") == etag:
+                start_response("304 Not Modified", [("ETag", etag)])
+                return [b""]
+            start_response("200 OK", [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(body))), ("ETag", etag)])
+            bytes_by_path[path] = bytes_by_path.get(path, 0) + len(body)
+            return [body]
+        bytes_by_path[path] = bytes_by_path.get(path, 0) + len(body)
         launch = launches.get(path)
         if launch is not None:      # every generation this document holds for the first time
             now = time.monotonic()

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import _socket
 import base64
-import dataclasses
 import datetime
 import email.utils
 import enum
@@ -219,7 +218,6 @@ class Metrics:
 
     UPSTREAM_OUTCOMES = ("ok", "not_modified", "rate_limited", "http_error", "timeout",
                          "connection", "tls", "too_large", "bad_body", "config", "error")
-    REFUSED_STATUSES = ("400", "413", "414", "431", "501", "505")
 
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
@@ -267,8 +265,8 @@ class Metrics:
         self.database_up.set(1)
         for outcome in self.UPSTREAM_OUTCOMES:
             self.upstream_requests.labels(outcome)
-        for status in self.REFUSED_STATUSES:
-            self.requests_refused.labels(status)
+        for status in RequestRefused.PUBLIC:
+            self.requests_refused.labels(str(status))
         for result in ("hit", "miss", "stale"):
             self.cache.labels(result)
         self.cache_hits = self.cache.labels("hit")  # the hot path's child, looked up once
@@ -783,23 +781,16 @@ class Change:
         return succession(held, self.snapshot.position, self.base if self.updates is not None else None)
 
     @functools.cached_property
-    def message(self) -> Wire | None:
-        """The single stream's bulk_update, id included; None when nothing visible changed."""
-        if not self.updates:
-            return None
-        return Wire(bulk_update(self.updates, self.snapshot.id))
+    def message(self) -> Wire:
+        """The single stream's bulk_update, id included."""
+        return Wire(SSEMessage(event="bulk_update", data=json.dumps({"updates": self.updates}),
+                               id=self.snapshot.id).encode())
 
     @functools.cached_property
-    def mux_message(self) -> Wire | None:
+    def mux_message(self) -> Wire:
         """A multiplexed stream's bulk_update, but its id."""
-        if not self.updates:
-            return None
         return Wire(b'event: bulk_update\ndata: {"project": %s, "updates": %s}\n'
                     % (json.dumps(self.snapshot.slug).encode(), json.dumps(self.updates).encode()))
-
-
-def bulk_update(updates: Mapping[str, str], event_id: str) -> bytes:
-    return SSEMessage(event="bulk_update", data=json.dumps({"updates": updates}), id=event_id).encode()
 
 
 class Validators(NamedTuple):
@@ -829,9 +820,14 @@ class Fetched:
     def over(cls, base: Snapshot | None, statuses: Mapping[str, str], unknown: list[str],
              validators: Validators | None = None) -> Fetched:
         if base is not None and base.statuses == statuses:
-            return cls(base.statuses, unknown, base, {}, True, validators=validators)
+            return cls.same(base, validators, unknown)
         updates = diff_statuses(base.statuses, statuses) if base is not None else None
         return cls(statuses, unknown, base, updates, False, json.dumps(statuses), validators)
+
+    @classmethod
+    def same(cls, snapshot: Snapshot, validators: Validators | None, unknown: list[str] = ()) -> Fetched:
+        """A fetch of the statuses `snapshot` holds."""
+        return cls(snapshot.statuses, list(unknown), snapshot, {}, True, validators=validators)
 
     def against(self, current: Snapshot | None) -> Fetched:
         """The same fetch compared with `current`, if another commit came in between."""
@@ -994,9 +990,10 @@ def parse_statuses(body: bytes, lookup: Mapping[str, str]) -> tuple[dict[str, st
     return normalize_statuses(decode_status_body(body), lookup)
 
 
-def prepare_fetch(body: bytes, lookup: Mapping[str, str], base: Snapshot | None) -> Fetched:
+def prepare_fetch(body: bytes, lookup: Mapping[str, str], base: Snapshot | None,
+                  validators: Validators | None = None) -> Fetched:
     """A client API's body, parsed, normalized, encoded and compared with `base`."""
-    return Fetched.over(base, *parse_statuses(body, lookup))
+    return Fetched.over(base, *parse_statuses(body, lookup), validators)
 
 
 def diff_statuses(old: Mapping[str, str], new: Mapping[str, str]) -> dict[str, str]:
@@ -1307,9 +1304,6 @@ def project_from_row(slug: str, row: tuple, default_poll_interval: float,
     return Project(slug, url, min(timeout, MAX_TIMEOUT_SECONDS), max(interval, min_poll_interval),
                    headers, lookup, _secret_strings(credentials, userinfo, headers),
                    "; ".join(problems) or None, settings)
-
-
-
 
 
 
@@ -1793,7 +1787,7 @@ class _FetchState:
     """This worker's bookkeeping of one project's fetches."""
 
     failures: int = 0                 # failed fetches in a row
-    parsed: tuple = ()                # (body digest, status lookup) of `committed`
+    parsed: tuple = ()                # (body digest, project settings) of `committed`
     committed: Snapshot | None = None # what this worker's last successful fetch made
     retry_at: float = -math.inf       # after a failure, GETs wait for this before fetching
     poll_due_at: float = -math.inf    # when the poller fetches next
@@ -1836,6 +1830,9 @@ class StatusService:
         snapshot, or NoSnapshot when there is none."""
         if project.slug not in self._fetches and self.clock() < self._states[project.slug].retry_at:
             return self._stale(project, snapshot)
+        if project.slug not in self._fetches and self.store.held_for(project.slug) > 0:
+            self.metrics.upstream_deferred.inc()   # the client API's Retry-After holds
+            return self._stale(project, snapshot)
         try:
             fetched = self._fetch_once(project)
         except UpstreamError:
@@ -1873,12 +1870,9 @@ class StatusService:
 
     def _fetch_once(self, project: Project) -> Snapshot:
         """One fetch per project at a time, in this worker and (the store's `fetch`) in
-        the deployment: everyone who asks meanwhile joins it. None while the client API's
-        Retry-After holds."""
+        the deployment: everyone who asks meanwhile joins it. Its callers have looked at
+        the client API's Retry-After (`held_for`) first."""
         slug = project.slug
-        if slug not in self._fetches and (held := self.store.held_for(slug)) > 0:
-            self.metrics.upstream_deferred.inc()
-            raise UpstreamError("deferred", f"Retry-After holds for {held:.1f}s", retry_after=held)
         state = self._states[slug]
         outcome = self._fetches.join(slug, lambda: self.store.fetch(
             slug, project.timeout, lambda: self._fetch_here(project, state)))
@@ -1911,36 +1905,30 @@ class StatusService:
     def _validators_for(self, project: Project) -> Validators | None:
         """The validators of the snapshot held, if it was fetched under these settings:
         a changed URL, credential or status mapping forgets them."""
-        validators = self.store.validators(project.slug)
-        if validators is None or validators.settings != project.settings:
-            return None
-        return validators if self.store.read(project.slug)[0] is not None else None
+        validators = self.store.validators(project.slug)   # kept beside a snapshot only
+        return validators if validators is not None and validators.settings == project.settings else None
 
     def _not_modified(self, project: Project, validators: Validators) -> Fetched:
-        """A 304: the snapshot held, fetched again; no parse, no change to tell anyone."""
-        current = self.store.read(project.slug)[0]
-        if current is None:  # it went (Redis took its place) while the request was out
-            raise UpstreamError("http_error", "HTTP 304, and no snapshot to keep")
-        return Fetched(current.statuses, [], current, {}, True, validators=validators)
+        """A 304: the snapshot held, fetched again; no parse, no change to tell anyone.
+        (There is one: validators are sent only beside it, and stores never drop it.)"""
+        return Fetched.same(self.store.read(project.slug)[0], validators)
 
     def _prepare(self, project: Project, state: _FetchState, answer: Body) -> tuple[Fetched, tuple]:
         """The fetched statuses, and what they were parsed from. The body this worker's
         last snapshot came from costs no parse; a big one is parsed, encoded and compared
         in a thread, so that the worker serves on meanwhile (sharing the GIL)."""
         body = answer.content
-        parsed = (hashlib.blake2b(body, digest_size=16).digest(), project.status_lookup)
+        parsed = (hashlib.blake2b(body, digest_size=16).digest(), project.settings)
         current = self.store.read(project.slug)[0]
         if parsed == state.parsed and current is not None and current is state.committed:
-            return Fetched(current.statuses, [], current, {}, True, validators=answer.validators), parsed
+            return Fetched.same(current, answer.validators), parsed
+        work = (body, project.status_lookup, current, answer.validators)
         try:
             if len(body) < PARSE_IN_THREAD_BYTES:
-                fetched = prepare_fetch(body, project.status_lookup, current)
-            else:
-                fetched = gevent.get_hub().threadpool.apply(
-                    prepare_fetch, (body, project.status_lookup, current))
+                return prepare_fetch(*work), parsed
+            return gevent.get_hub().threadpool.apply(prepare_fetch, work), parsed
         except StatusParseError as exc:
             raise UpstreamError("bad_body", str(exc)) from None
-        return dataclasses.replace(fetched, validators=answer.validators), parsed
 
     def _record_success(self, project: Project, state: _FetchState, fetched: Fetched,
                         started: float, outcome: str) -> Snapshot:
@@ -2149,17 +2137,12 @@ class SharedStore(Store):
         self._digests: dict[str, str] = {}    # of each mirrored snapshot's statuses, as committed
         self._arrivals: dict[str, gevent.event.AsyncResult] = {}  # a fetch elsewhere: its end
         self._loads = SingleFlight()
+        self.read, self.validators, self.changes_since = mirror.read, mirror.validators, mirror.changes_since
 
     def __repr__(self) -> str:
         return f"<SharedStore as {self._me}>"
 
-    # ---- snapshots
-
-    def read(self, slug: str) -> tuple[Snapshot | None, float]:
-        return self._mirror.read(slug)
-
-    def validators(self, slug: str) -> Validators | None:
-        return self._mirror.validators(slug)
+    # ---- snapshots (read, validators and changes_since: the mirror's, bound in __init__)
 
     def sync(self, slug: str) -> None:
         # A burst of streams new to a project asks Redis once, not once each.
@@ -2200,21 +2183,21 @@ class SharedStore(Store):
 
     def _run_commit(self, slug: str, fetched: Fetched, statuses: str | None
                     ) -> tuple[CommitKind, Position, str]:
-        encoded = fetched.encoded if fetched.encoded is not None else json.dumps(fetched.statuses)
-        digest = self._digests[slug] if statuses == "" else hashlib.sha1(encoded.encode()).hexdigest()
+        if statuses == "":                # Redis checks it by the digest of what it holds
+            encoded, digest = "", self._digests[slug]
+        else:
+            encoded = fetched.encoded if fetched.encoded is not None else json.dumps(fetched.statuses)
+            digest = hashlib.sha1(encoded.encode()).hexdigest()
         base = fetched.base.position if fetched.base is not None and fetched.updates is not None else None
         entry = f"{json.dumps(str(base) if base else None)}, {json.dumps(sorted(fetched.updates or ()))}"
         validators = json.dumps(list(fetched.validators) if fetched.validators else None)
         kind, epoch, version = self._commit(
             keys=[_redis_key("snapshot", slug), _redis_key("history", slug)],
-            args=[digest, encoded if statuses is None else statuses, repr(time.time()),
+            args=[digest, encoded, repr(time.time()),
                   SNAPSHOT_KEY_TTL, CHANGES_CHANNEL, json.dumps(slug),
                   f"{random.getrandbits(40):010x}", entry, self._history_bound, HISTORY_BYTES,
                   validators])
         return CommitKind(kind.decode()), Position(epoch.decode(), int(version)), digest
-
-    def changes_since(self, slug: str, held: Position) -> dict[str, str] | None:
-        return self._mirror.changes_since(slug, held)
 
     def on_message(self, message: dict) -> None:
         """A commit anywhere in the deployment (or a fetch that failed): the mirror takes
@@ -2222,10 +2205,8 @@ class SharedStore(Store):
         slug = message["slug"]
         committed = message["kind"] == "commit"
         if committed:
-            validators = message.get("validators")
             self._adopt(slug, Position(message["epoch"], message["version"]), message["fetched_at"],
-                        message.get("statuses"), message["digest"],
-                        Validators(*validators) if validators else None)
+                        message.get("statuses"), message["digest"], _validators(message.get("validators")))
         arrival = self._arrivals.pop(slug, None)
         if arrival is not None:
             arrival.set(committed)
@@ -2263,18 +2244,18 @@ class SharedStore(Store):
             return
         position = Position(stored[b"epoch"].decode(), int(stored[b"version"]))
         fetched_at = float(stored[b"fetched_at"])
-        validators = json.loads(stored.get(b"validators") or b"null")
-        validators = Validators(*validators) if validators else None
+        validators = _validators(json.loads(stored.get(b"validators") or b"null"))
         current = self._mirror.read(slug)[0]
         self._digests[slug] = stored[b"digest"].decode()
         if current is not None and current.position == position:
             self._mirror.touch(slug, fetched_at, validators)
             return
-        statuses = json.loads(stored[b"statuses"])
+        encoded = stored[b"statuses"].decode()
+        statuses = json.loads(encoded)
         history = History.of(self._history_bound, (
-            (_position(base), Position(position.epoch, version), units)
+            (parse_event_id(base), Position(position.epoch, version), units)
             for version, base, units in map(json.loads, entries)))
-        change = Change(Snapshot.build(slug, position, statuses),
+        change = Change(Snapshot.build(slug, position, statuses, encoded),
                         current.position if current else None,
                         diff_statuses(current.statuses, statuses) if current else None)
         self._mirror.install(change, fetched_at, validators, history)
@@ -2337,13 +2318,12 @@ class SharedStore(Store):
             self.release_poll(slug)
 
 
+def _validators(kept: list | None) -> Validators | None:
+    return Validators(*kept) if kept else None
+
+
 def _fetch_lock_ms(timeout: float) -> int:
     return int((timeout + 1) * 1000)  # a worker that dies mid-fetch lets go by itself
-
-
-def _position(text: str | None) -> Position | None:
-    epoch, _, version = (text or "").rpartition("-")
-    return Position(epoch, int(version)) if epoch and version.isdecimal() else None
 
 
 def _returned(work: Callable[[str], Any], slug: str) -> Any:
@@ -2375,6 +2355,9 @@ class RedisLink(Store):
         self.alone = LocalStore(on_change, time.time, history)
         self.together = SharedStore(self.client, self.me, self.alone, lease_ttl, history)
         self.current: Store = self.together
+        # Reads are the mirror's, shared or alone: no I/O either way.
+        self.read, self.validators, self.changes_since = (
+            self.alone.read, self.alone.validators, self.alone.changes_since)
         self._closed = False
         self._follower = gevent.spawn(self._follow)
 
@@ -2397,15 +2380,6 @@ class RedisLink(Store):
             except redis.RedisError as exc:
                 self._lose(exc)
         return operation(self.alone)
-
-    def read(self, slug):
-        return self.alone.read(slug)                          # the mirror, either way
-
-    def validators(self, slug):
-        return self.alone.validators(slug)
-
-    def changes_since(self, slug, held):
-        return self.alone.changes_since(slug, held)
 
     def sync(self, slug):
         return self._run(lambda store: store.sync(slug))
@@ -2477,11 +2451,10 @@ class RedisLink(Store):
             pubsub.close()
 
 
-def make_store(config: Config, on_change: Callable[[Change], None],
-               clock: Callable[[], float] = time.monotonic) -> Store:
+def make_store(config: Config, on_change: Callable[[Change], None]) -> Store:
     if config.redis_url:
         return RedisLink(config.redis_url, on_change, config.poll_lease_ttl, config.sse_history)
-    return LocalStore(on_change, clock, config.sse_history)
+    return LocalStore(on_change, time.monotonic, config.sse_history)
 # --------------------------------------------------------------------------- SSE
 
 STREAM_QUEUE_SIZE = 64            # messages a slow reader may fall behind before it is dropped
@@ -2593,8 +2566,7 @@ STREAM_TRANSITIONS: Mapping[StreamState, Mapping[StreamEvent, StreamState]] = {
                   E.END: S.ENDING, E.LOST: S.CLOSED},
     S.ENDING: {E.ATTACHED: S.ENDING, E.SHORT_WRITE: S.ENDING, E.DRAINED: S.ENDING,
                E.END: S.ENDING, E.FLUSHED: S.CLOSED, E.LOST: S.CLOSED},
-    S.CLOSED: {E.ATTACHED: S.CLOSED, E.SHORT_WRITE: S.CLOSED, E.DRAINED: S.CLOSED,
-               E.END: S.CLOSED, E.FLUSHED: S.CLOSED, E.LOST: S.CLOSED, E.OVERFLOW: S.CLOSED},
+    S.CLOSED: dict.fromkeys(StreamEvent, S.CLOSED),         # late news changes nothing
 }
 del S, E
 
@@ -2610,6 +2582,8 @@ class Transport(Protocol):
     counts it, and holds what its client has not taken yet (`backlog`, in messages). It
     tells its stream what happens through `on_event` (SHORT_WRITE, DRAINED, FLUSHED,
     LOST)."""
+
+    __slots__ = ()                        # else every writer, of every stream, has a __dict__
 
     backlog: int
 
@@ -2709,15 +2683,11 @@ class SocketTransport(Transport):
     def abort(self) -> None:
         """Hang up now: shut the socket down, so that the client sees the end at once."""
         if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already gone
+            hang_up(self._sock)
             self._close(StreamEvent.LOST)
 
     def _framed(self, body: list) -> list:
-        """`body` as a chunk of the chunked body (or as it is, raw), the head before it if
-        it has not been written yet."""
+        """`body` as a chunk of the chunked body (or as it is, raw)."""
         if self._chunked and body:
             body = [b"%x\r\n" % sum(map(len, body)), *body, b"\r\n"]
         return body
@@ -2810,6 +2780,15 @@ class SocketTransport(Transport):
             self._on_event(event)
 
 
+def hang_up(sock) -> None:
+    """Shut a socket down both ways: a read or write stuck on it ends now, and its peer
+    sees the end at once."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already gone
+
+
 def _rest(parts: list, sent: int) -> list:
     """What is left of `parts` once `sent` bytes of them went out."""
     for index, part in enumerate(parts):
@@ -2830,11 +2809,13 @@ class QueueTransport(Transport):
     def __init__(self, gzip: bool, stats: StreamStats):
         self._gzip = gzip
         self._stats = stats
-        self._pending: list[bytes] = [GZIP_HEADER] if gzip else []
+        self._pending: list[bytes] = []
         self._ready = gevent.event.Event()
         self._done = False
         self._crc = self._size = 0
         self._on_event: Callable[[StreamEvent], None] | None = None
+        if gzip:
+            self._add(GZIP_HEADER)
 
     @property
     def backlog(self) -> int:
@@ -2937,10 +2918,13 @@ class Stream:
     def offer(self, delivery: Delivery) -> bool:
         """Take a delivery; False if it fell too far behind and was dropped just now."""
         if type(delivery) is Ping:
-            return self._send(delivery.message)
+            return self.say(delivery.message)
         snapshot = delivery.snapshot
         slug = snapshot.slug
         match delivery.succession(self.held.get(slug, snapshot.position)):
+            case Succession.STEP if not delivery.updates:   # nothing its client can see
+                self.hold(slug, snapshot.position)
+                return True
             case Succession.STEP:
                 message = delivery.mux_message if self._mux else delivery.message
             case Succession.JUMP:
@@ -2948,27 +2932,25 @@ class Stream:
             case Succession.STALE:
                 return True
         self.hold(slug, snapshot.position)
-        return message is None or self.say_status(message)
+        return self.say_status(message)
 
     def hold(self, slug: str, position: Position | None) -> None:
         """What the client holds of a project from now on (as its next message will say)."""
         self.held[slug] = position
         self._tail = None
 
-    def say(self, message: Wire) -> bool:
-        """A message of the stream's own, as it is (`connected`, a ping)."""
-        return self._send(message)
-
     def say_status(self, message: Wire) -> bool:
         """A status message: a multiplexed stream's ends with its own id, the positions
         it holds now (the same bytes for every stream that holds the same)."""
         if not self._mux:
-            return self._send(message)
+            return self.say(message)
         if self._tail is None:
             self._tail = _id_line(tuple(self.held.items()))
-        return self._send(message.with_tail(self._tail))
+        return self.say(message.with_tail(self._tail))
 
-    def _send(self, message: Wire) -> bool:
+    def say(self, message: Wire) -> bool:
+        """A message as it is (`connected`, a ping, a single stream's status); False if
+        the stream fell too far behind and was dropped just now."""
         state = self.state
         if state is StreamState.LIVE or state is StreamState.BACKED_UP:
             self._transport.write(message)
@@ -3021,9 +3003,7 @@ class Stream:
         self.attach(transport)
         return iter(transport)
 
-    def close(self) -> None:
-        """WSGI's end of a response: that server is done with it (the client left)."""
-        self.abort()
+    close = abort                         # WSGI's end of a response: the server is done with it
 
     def event(self, event: StreamEvent) -> None:
         """What happened, as its writer (or the service) tells it: the lifecycle moves
@@ -3043,7 +3023,8 @@ def open_stream(fanout: Fanout, store: Store, slugs: list[str], last_event_id: s
                 gzip: bool, unknown: Iterable[str] = (), mux: bool = False) -> Stream:
     """A new stream, its first messages said, subscribed: `connected`, then per project
     its snapshot, or for a client resuming from `last_event_id` what it missed (one
-    bulk_update, or nothing if it is current). StreamsFull when the worker takes no more.
+    bulk_update, possibly empty, or nothing if it is current). StreamsFull when the worker
+    takes no more.
     Read and subscribed without a pause between: no change can fall between the two."""
     stream = Stream(slugs, fanout.remove, fanout.stats, gzip, mux)
     claimed = ({slug: position for slug in slugs
@@ -3060,10 +3041,9 @@ def open_stream(fanout: Fanout, store: Store, slugs: list[str], last_event_id: s
             continue
         if changes is None:
             said.append((slug, snapshot.mux_event if mux else snapshot.event, snapshot.position))
-        elif changes:
-            said.append((slug, Wire(b'event: bulk_update\ndata: {"project": %s, "updates": %s}\n' % (
-                json.dumps(slug).encode(), json.dumps(changes).encode())) if mux
-                else Wire(bulk_update(changes, snapshot.id)), snapshot.position))
+        elif held != snapshot.position:          # behind: what changed since, with the current id
+            change = Change(snapshot, held, changes)
+            said.append((slug, change.mux_message if mux else change.message, snapshot.position))
         else:
             stream.hold(slug, held)              # current: nothing to say
     if mux:
@@ -3093,12 +3073,10 @@ class Fanout:
     carries the project; a poller per watched project (`poll(slug)`, which returns when
     the project is gone, ending its streams); one ping clock for all streams."""
 
-    def __init__(self, config: Config, metrics: Metrics, poll: Callable[[str], None],
-                 wall_clock: Callable[[], float] = time.time):
+    def __init__(self, config: Config, metrics: Metrics, poll: Callable[[str], None]):
         self._config = config
         self._metrics = metrics
         self._poll = poll
-        self._wall_clock = wall_clock
         self._channels: dict[str, _Channel] = {}
         self._streams: set[Stream] = set()
         self._pinger: gevent.Greenlet | None = None
@@ -3197,7 +3175,7 @@ class Fanout:
     def _ping_forever(self) -> None:
         while self._streams:
             gevent.sleep(self._config.sse_ping_interval)
-            ping = Ping(Wire(SSEMessage(event="ping", data=json.dumps({"time": int(self._wall_clock())})).encode()))
+            ping = Ping(Wire(SSEMessage(event="ping", data=json.dumps({"time": int(time.time())})).encode()))
             self._deliver(tuple(self._streams), ping)
 
     def close(self) -> None:
@@ -3540,7 +3518,7 @@ def parse_head(head: bytes) -> RequestHead:
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise RequestRefused(505, f"{version} not supported")
     headers: list[tuple[str, str]] = []
-    hosts, lengths, codings, connection = 0, set(), [], ""
+    hosts, lengths, codings, connection, framed_by_codings = 0, set(), [], "", False
     for line in lines[1:]:
         if len(line) + 2 > HEADER_FIELD_LIMIT:
             raise RequestRefused(431, "header field too long")
@@ -3556,6 +3534,7 @@ def parse_head(head: bytes) -> RequestHead:
         elif lower == "content-length":
             lengths.update(item.strip() for item in value.split(","))
         elif lower == "transfer-encoding":
+            framed_by_codings = True
             codings += [item.strip().lower() for item in value.split(",") if item.strip()]
         elif lower == "connection":
             connection += "," + value.lower()
@@ -3566,7 +3545,7 @@ def parse_head(head: bytes) -> RequestHead:
         raise RequestRefused(400, "unreadable Content-Length")
     content_length = int(next(iter(lengths))[:19]) if lengths else 0
     chunked = False
-    if codings or any(name.lower() == "transfer-encoding" for name, _ in headers):
+    if framed_by_codings:
         if version == "HTTP/1.0" or lengths or not codings or codings[-1] != "chunked" \
                 or "chunked" in codings[:-1]:
             raise RequestRefused(400, "unreadable Transfer-Encoding")
@@ -3749,15 +3728,14 @@ class Edge:
             body = self._app(environ, start_response)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
-            self._write(client, self._response_head("500 Internal Server Error",
-                        [("Content-Type", "application/json")], 25, True) + b'{"error": "internal error"}')
+            self._write_error(client, 500, "internal error")
             return _Outcome.CLOSE
         status, headers = answer
-        close = (not request.keep_alive or request.has_body or self.closing
-                 or any(name.lower() == "connection" and value.lower() == "close" for name, value in headers))
         if type(body) is Stream:
             self._take_over(client, request, environ, status, headers, body, started)
             return _Outcome.TAKEN
+        close = (not request.keep_alive or request.has_body or self.closing
+                 or any(name.lower() == "connection" and value.lower() == "close" for name, value in headers))
         try:
             data = b"".join(body)
         finally:
@@ -3804,9 +3782,12 @@ class Edge:
 
     def _refuse(self, client, refused: RequestRefused) -> None:
         self._metrics.requests_refused.labels(str(refused.status)).inc()
-        body = json.dumps({"error": refused.public}).encode()
-        reason = http.HTTPStatus(refused.status).phrase
-        head = self._response_head(f"{refused.status} {reason}", [
+        self._write_error(client, refused.status, refused.public)
+
+    def _write_error(self, client, status: int, public: str) -> None:
+        """An answer of the edge's own, the connection closing after it."""
+        body = json.dumps({"error": public}).encode()
+        head = self._response_head(f"{status} {http.HTTPStatus(status).phrase}", [
             ("Content-Type", "application/json"), ("Cache-Control", "no-store")], len(body), True)
         self._write(client, head + body)
 
@@ -3894,7 +3875,7 @@ class Edge:
         fronts = [waiting for waiting in (self._waiting_short, self._waiting_long) if waiting]
         if fronts:
             oldest = min(fronts, key=lambda waiting: next(iter(waiting.values())))
-            self._hang_up(oldest.popitem(last=False)[0])
+            hang_up(oldest.popitem(last=False)[0])
             self._metrics.connections_evicted.inc()
 
     def _sweep_forever(self) -> None:
@@ -3906,20 +3887,13 @@ class Edge:
             for waiting, limit in ((self._waiting_short, self._header_timeout),
                                    (self._waiting_long, self._keepalive_timeout)):
                 while waiting and next(iter(waiting.values())) + limit <= now:
-                    self._hang_up(waiting.popitem(last=False)[0])
-
-    @staticmethod
-    def _hang_up(client) -> None:
-        try:
-            client.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already gone
+                    hang_up(waiting.popitem(last=False)[0])
 
     def let_go(self) -> None:
         """Shutting down: end every waiting connection now; busy ones finish first."""
         self.closing = True
         for client in [*self._waiting_short, *self._waiting_long, *self._reading]:
-            self._hang_up(client)
+            hang_up(client)
 
 
 class PartialHead:
@@ -4012,7 +3986,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.url_map.merge_slashes = False  # `/api//public/x/status` must not be a 308
     here = Path(__file__).parent
     static_files = {name: (here / name).read_bytes() for name in STATIC_FILES if (here / name).exists()}
-    headers = (("Access-Control-Allow-Origin", config.cors_allow_origin),  # public_headers()
+    headers = (("Access-Control-Allow-Origin", config.cors_allow_origin),  # on every answer
                ("Access-Control-Expose-Headers", "Retry-After"), ("Cache-Control", "no-store"))
     public = PublicStatus(config, db, directory, store, service, fanout, metrics, scrubber,
                           static_files, headers, edge)

@@ -27,7 +27,7 @@ test: $(VENV)/.dev
 	scripts/ensure-tool.sh buildah
 	scripts/ensure-tool.sh debootstrap
 	scripts/ensure-tool.sh promtool prometheus
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n 3 --dist loadfile   # files side by side: the suite mostly waits on its processes
 
 # The in-process tests alone: no gunicorn, no browser. They still read the real
 # PostgreSQL, and one runs a redis-server of its own, so both are made ready first.

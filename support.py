@@ -65,6 +65,31 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01):
         time.sleep(interval)
 
 
+def exchange(service, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to a service; everything it answers until it closes (or `timeout`)."""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+        return answer
+
+
+def seconds_until_closed(sock: socket.socket, timeout: float = 10.0) -> float:
+    """Seconds until the server closes `sock` (reading and dropping whatever comes)."""
+    started = time.monotonic()
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return time.monotonic() - started
+
+
 class FakeClock:
     """A clock a test moves by hand: `clock.now += 31`."""
 

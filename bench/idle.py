@@ -179,6 +179,7 @@ def traced_worker(port: int, count: int) -> None:
 
     patch_psycopg()
     import gc
+    import linecache
     import tracemalloc
 
     import gevent.server
@@ -194,8 +195,13 @@ def traced_worker(port: int, count: int) -> None:
             gc.collect()
             after = tracemalloc.take_snapshot()
             stats = after.compare_to(traced["before"], "lineno")
-            sites = [(f"{stat.traceback[0].filename.rsplit('/', 2)[-1]}:{stat.traceback[0].lineno}",
-                      stat.size_diff / count) for stat in stats[:25] if stat.size_diff > 0]
+            sites = []
+            for stat in stats[:20]:
+                if stat.size_diff > 0:
+                    frame = stat.traceback[0]
+                    code = linecache.getline(frame.filename, frame.lineno).strip()[:70]
+                    sites.append((f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} `{code}`",
+                                  stat.size_diff / count))
             sites.append(("all traced", sum(stat.size_diff for stat in stats) / count))
             print(json.dumps(sites), flush=True)
             start_response("200 OK", [("Content-Length", "0")])

@@ -35,8 +35,10 @@ TESTS = ["tests/test_normalization.py", "tests/test_documents.py", "tests/test_s
          "tests/test_resume.py", "tests/test_backoff.py", "tests/test_urls_and_auth.py",
          "tests/test_project_rows.py", "tests/test_config.py", "tests/test_compression.py",
          "tests/test_properties.py", "tests/test_service.py", "tests/test_http.py",
-         "tests/test_logging.py", "tests/test_upstream_client.py", "tests/test_database.py"]
-COPIED = ["tests", "support.py", "schema.sql", "board.html", "public-status.js", "pyproject.toml"]
+         "tests/test_logging.py", "tests/test_upstream_client.py", "tests/test_database.py",
+         "tests/test_edge_heads.py", "tests/test_stream_writer.py"]
+COPIED = ["tests", "support.py", "schema.sql", "board.html", "board.js", "board.css",
+          "public-status.js", "pyproject.toml"]
 TIMEOUT = 120
 
 # Functions (qualified names) and module-level tables whose mutants are judged.
@@ -45,7 +47,21 @@ TARGETS = {
     "normalize_key", "_lookup_from", "build_status_lookup", "normalize_status",
     "normalize_statuses", "_unit_id", "_scalar_status", "extract_unit_statuses",
     "decode_status_body", "parse_statuses", "prepare_fetch", "diff_statuses", "backoff_delay",
-    "Fetched.over",
+    "Fetched.over", "Fetched.against",
+    # the one rule for versions, streams and their writer
+    "succession", "Change.succession", "Stream.offer", "Stream.say", "Stream.say_status",
+    "Stream.event", "Stream.attach", "Stream.end", "SocketTransport.write", "SocketTransport.end",
+    "SocketTransport._put", "SocketTransport._on_writable", "SocketTransport._on_readable",
+    "SocketTransport._close", "_rest", "QueueTransport.write", "QueueTransport.end",
+    "Wire.with_tail", "STREAM_TRANSITIONS",
+    # ids, one project or several
+    "mux_event_id", "parse_mux_event_id", "_id_line", "parse_project_list",
+    # the edge's reading of heads
+    "parse_head", "_request_target", "PartialHead.check",
+    # upstream manners
+    "retry_after_seconds", "hold_cap", "UpstreamClient._answer", "_conditional_headers",
+    "_validator", "StatusService._validators_for", "LocalStore.hold", "LocalStore.held_for",
+    "Fetched.same",
     "DEFAULT_STATUS_VALUES", "UNIT_KEYS", "STATUS_KEYS", "WRAPPER_KEYS", "MAX_WRAPPING",
     # SSE and snapshot encodings, resume, compression
     "SSEMessage.encode", "_one_line", "Snapshot.build", "parse_event_id", "retry_message",
@@ -57,7 +73,8 @@ TARGETS = {
     "split_userinfo", "auth_headers", "_basic", "_secret_strings", "_connection_params",
     "SLUG_PATTERN", "HEADER_NAME", "HEADER_VALUE",
     # logs
-    "LogScrubber.add", "LogScrubber.redact", "LogScrubber.filter",
+    "LogScrubber.add", "LogScrubber.redact", "LogScrubber.filter", "LogScrubber.scrub",
+    "escape_controls",
     "JsonFormatter.format",
     # the cache's rules
     "StatusService.status", "StatusService._fetch_or_stale", "StatusService.refresh",

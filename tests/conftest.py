@@ -93,6 +93,15 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture(scope="module")
+def live(pg):
+    """One service under gunicorn for a module's tests that read no worker-wide figure
+    (a fresh one per module: a module's own tests may count what its service did)."""
+    service = Service({"DATABASE_URL": pg.reader_url, **FAST})
+    yield service
+    service.stop()
+
+
 @pytest.fixture
 def start_service(pg):
     """Start the real service under gunicorn; every one started is stopped afterwards."""

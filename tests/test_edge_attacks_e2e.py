@@ -13,48 +13,14 @@ import time
 import pytest
 import requests
 
-from support import EventStream, metric, wait_for
+from support import EventStream, exchange, metric, seconds_until_closed, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def live(pg):
-    """One service for the tests of this module that read no worker-wide figure."""
-    from conftest import FAST
-    from support import Service
-
-    service = Service({"DATABASE_URL": pg.reader_url, **FAST})
-    yield service
-    service.stop()
-
-
-def exchange(service, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes; everything the server answers until it closes (or `timeout`)."""
-    with socket.create_connection(("127.0.0.1", service.port), timeout=timeout) as sock:
-        sock.sendall(data)
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except (ConnectionResetError, TimeoutError):
-            pass
-        return answer
-
 
 def statuses(answer: bytes) -> list[int]:
     return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
-
-
-def seconds_until_closed(sock: socket.socket, timeout: float = 10.0) -> float:
-    started = time.monotonic()
-    sock.settimeout(timeout)
-    try:
-        while sock.recv(65536):
-            pass
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return time.monotonic() - started
 
 
 # --------------------------------------------------------------------------- bodies owed

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import EventStream, metric, wait_for
+from support import EventStream, exchange, metric, seconds_until_closed, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -23,31 +23,6 @@ pytestmark = pytest.mark.e2e
 def connect(service) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", service.port), timeout=10)
     return sock
-
-
-def closed_after(sock: socket.socket, timeout: float = 10) -> float:
-    """Seconds until the server closes `sock` (reading and dropping whatever comes)."""
-    started = time.monotonic()
-    sock.settimeout(timeout)
-    try:
-        while sock.recv(65536):
-            pass
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return time.monotonic() - started
-
-
-def exchange(service, data: bytes) -> bytes:
-    """Send raw bytes; everything the server answers until it closes."""
-    with connect(service) as sock:
-        sock.sendall(data)
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
-        return answer
 
 
 def healthz_seconds(service) -> float:
@@ -61,7 +36,7 @@ def healthz_seconds(service) -> float:
 def test_connections_that_send_nothing_are_closed(start_service):
     service = start_service(HEADER_TIMEOUT="0.5")
     socks = [connect(service) for _ in range(50)]
-    waited = [closed_after(sock) for sock in socks]
+    waited = [seconds_until_closed(sock) for sock in socks]
     assert all(0.4 <= seconds <= 2.0 for seconds in waited[:1]), waited
     assert max(waited) <= 2.0, waited
 
@@ -86,7 +61,7 @@ def test_an_idle_keep_alive_connection_lasts_the_keepalive_timeout(start_service
     answer = b""
     while not answer.endswith(b'{"status": "ok"}'):
         answer += sock.recv(4096)
-    assert 0.9 <= closed_after(sock) <= 2.5             # longer than a head may take
+    assert 0.9 <= seconds_until_closed(sock) <= 2.5             # longer than a head may take
 
 
 def test_idle_connections_go_first_near_the_connection_cap(start_service, pg, upstream):
@@ -301,30 +276,21 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("columns", HOSTILE.values(), ids=HOSTILE.keys())
-def test_an_unusable_config_is_503_and_a_stream_sent_away_never_500(live_edges, pg, upstream, columns):
+def test_an_unusable_config_is_503_and_a_stream_sent_away_never_500(live, pg, upstream, columns):
     slug = pg.add_project(pg.unique_slug("hostile"), base_url=upstream.url, **columns)
     upstream.set_statuses(f"/{slug}", {"A1": "open"})
     for _ in range(3):
-        answer = requests.get(f"{live_edges.url}/api/public/{slug}/status", timeout=5)
+        answer = requests.get(f"{live.url}/api/public/{slug}/status", timeout=5)
         assert answer.status_code == 503 and answer.json() == {"error": "statuses not available yet"}
-        stream = EventStream(live_edges.port, f"/api/public/{slug}/status/stream")
+        stream = EventStream(live.port, f"/api/public/{slug}/status/stream")
         assert stream.status == 200 and stream.headers["content-type"] == "text/event-stream"
         assert stream.next().retry > 0 and stream.next() is None and stream.closed
-    lines = [line for line in live_edges.logs().splitlines()
+    lines = [line for line in live.logs().splitlines()
              if f"project {slug}: integration config unusable" in line]
     assert len(lines) == 1, lines
     assert upstream.count(f"/{slug}") == 0
-    assert "Traceback" not in live_edges.logs()
+    assert "Traceback" not in live.logs()
 
-
-@pytest.fixture(scope="module")
-def live_edges(pg):
-    from conftest import FAST
-    from support import Service
-
-    service = Service({"DATABASE_URL": pg.reader_url, **FAST})
-    yield service
-    service.stop()
 
 
 def test_a_watched_project_survives_a_broken_config_and_resumes_when_fixed(start_service, pg, upstream):

@@ -15,16 +15,6 @@ from support import EventStream, RedisServer, metric, wait_for
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def live(pg):
-    """One service for the tests of this module that read no worker-wide figure."""
-    from conftest import FAST
-    from support import Service
-
-    service = Service({"DATABASE_URL": pg.reader_url, **FAST})
-    yield service
-    service.stop()
-
 
 def projects(pg, upstream, count: int, prefix: str = "mux", **settings) -> list[str]:
     slugs = []

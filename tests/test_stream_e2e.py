@@ -15,16 +15,6 @@ from support import EventStream, metric, wait_for
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def live(pg):
-    """One service for the tests of this module that do not count worker-wide figures."""
-    from conftest import FAST
-    from support import Service
-
-    service = Service({"DATABASE_URL": pg.reader_url, **FAST})
-    yield service
-    service.stop()
-
 
 def version_after(event_id: str) -> str:
     """The id of the next version of the same epoch."""

@@ -1596,7 +1596,7 @@ class Store(Protocol):
     # seconds left).
     def fetch(self, slug: str, timeout: float, do_fetch: Callable[[], Snapshot | UpstreamError]
               ) -> Snapshot | UpstreamError: ...
-    def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float: ...
+    def claim_refresh(self, slug: str, min_interval: float) -> float: ...
     def hold(self, slug: str, seconds: float) -> None: ...
     def held_for(self, slug: str) -> float: ...
 
@@ -1758,7 +1758,7 @@ class LocalStore(Store):
     def fetch(self, slug, timeout, do_fetch):
         return do_fetch()
 
-    def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float:
+    def claim_refresh(self, slug: str, min_interval: float) -> float:
         now = self._clock()
         wait = self._refreshed_at.get(slug, -math.inf) + min_interval - now
         if wait > 0:
@@ -1849,8 +1849,7 @@ class StatusService:
             if self.store.held_for(project.slug) > 0:
                 self.metrics.upstream_deferred.inc()
                 return self._stale(project, self.store.read(project.slug)[0])
-            wait = self.store.claim_refresh(project.slug, self.config.refresh_min_interval,
-                                            project.timeout)
+            wait = self.store.claim_refresh(project.slug, self.config.refresh_min_interval)
             if wait > 0:
                 self.metrics.refresh_limited.inc()
                 raise RefreshLimited(wait)
@@ -2089,6 +2088,12 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 return 0
 """
 
+# Extend a lease only if this worker still holds it: 1 if it did, else 0.
+RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 # Delete a key only if this worker holds it.
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -2132,6 +2137,7 @@ class SharedStore(Store):
         self._commit = client.register_script(COMMIT_SCRIPT)
         self._take = client.register_script(LEASE_SCRIPT)
         self._claim = client.register_script(REFRESH_SCRIPT)
+        self._renew = client.register_script(RENEW_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
         self._polling: set[str] = set()       # projects whose poll lease is ours
         self._digests: dict[str, str] = {}    # of each mirrored snapshot's statuses, as committed
@@ -2263,20 +2269,40 @@ class SharedStore(Store):
     # ---- fetches, refreshes, Retry-After
 
     def fetch(self, slug, timeout, do_fetch):
-        if self._take(keys=[_redis_key("fetching", slug)], args=[self._me, _fetch_lock_ms(timeout)]) == 0:
-            outcome = do_fetch()
+        # The fetch lock is a lease its holder renews while it fetches: a worker killed
+        # mid-fetch lets go within POLL_LEASE_TTL, not after the project's whole timeout.
+        lock = _redis_key("fetching", slug)
+        if self._take(keys=[lock], args=[self._me, self._lease_ms]) == 0:
+            fetched = gevent.event.Event()
+            gevent.spawn(self._renew_while, lock, fetched)
+            try:
+                outcome = do_fetch()
+            finally:
+                fetched.set()
             # Given back in a greenlet of its own: this fetch must end as soon as its
             # outcome is made, before a stream writes it and a refresh could join it.
             gevent.spawn(self._end_fetch, slug, isinstance(outcome, UpstreamError))
             return outcome
         arrival = self._arrivals.setdefault(slug, gevent.event.AsyncResult())
-        if not self._client.exists(_redis_key("fetching", slug)):
-            self._arrivals.pop(slug, None)        # it ended before we began to wait
-            self.sync(slug)
-            return self.read(slug)[0] or UpstreamError("remote", "no snapshot in Redis")
-        if arrival.wait(timeout + 1) is None:
-            return UpstreamError("remote", "another worker's fetch did not end in time")
-        return (arrival.value and self.read(slug)[0]) or UpstreamError("remote", "another worker's fetch failed")
+        give_up = time.monotonic() + timeout + 1
+        while True:
+            left_ms = self._client.pttl(lock)
+            if left_ms < 0:                       # it ended before we began to wait, or
+                if self._arrivals.get(slug) is arrival:  # its holder died: no word comes
+                    del self._arrivals[slug]
+                self.sync(slug)
+                return self.read(slug)[0] or UpstreamError("remote", "no snapshot in Redis")
+            if time.monotonic() > give_up:
+                return UpstreamError("remote", "another worker's fetch did not end in time")
+            if arrival.wait(max(left_ms, 20) / 1000) is not None:
+                return (arrival.value and self.read(slug)[0]) or UpstreamError("remote", "another worker's fetch failed")
+
+    def _renew_while(self, lock: str, fetched: gevent.event.Event) -> None:
+        try:
+            while not fetched.wait(self.renew_every):
+                self._renew(keys=[lock], args=[self._me, self._lease_ms])
+        except redis.RedisError as exc:           # the fetch goes on; its commit will say
+            log.debug("fetch lock %s not renewed (%s)", lock, type(exc).__name__)
 
     def _end_fetch(self, slug: str, failed: bool) -> None:
         try:
@@ -2286,10 +2312,10 @@ class SharedStore(Store):
         except redis.RedisError as exc:           # the lock lapses by itself
             log.debug("project %s: fetch lock not given back (%s)", slug, type(exc).__name__)
 
-    def claim_refresh(self, slug: str, min_interval: float, timeout: float) -> float:
+    def claim_refresh(self, slug: str, min_interval: float) -> float:
         keys = [_redis_key("refreshed", slug), _redis_key("fetching", slug)]
         return self._claim(keys=keys, args=[self._me, int(min_interval * 1000),
-                                            _fetch_lock_ms(timeout)]) / 1000
+                                            self._lease_ms]) / 1000
 
     def hold(self, slug: str, seconds: float) -> None:
         if seconds > 0:
@@ -2320,10 +2346,6 @@ class SharedStore(Store):
 
 def _validators(kept: list | None) -> Validators | None:
     return Validators(*kept) if kept else None
-
-
-def _fetch_lock_ms(timeout: float) -> int:
-    return int((timeout + 1) * 1000)  # a worker that dies mid-fetch lets go by itself
 
 
 def _returned(work: Callable[[str], Any], slug: str) -> Any:
@@ -2390,8 +2412,8 @@ class RedisLink(Store):
     def fetch(self, slug, timeout, do_fetch):
         return self._run(lambda store: store.fetch(slug, timeout, do_fetch))
 
-    def claim_refresh(self, slug, min_interval, timeout):
-        return self._run(lambda store: store.claim_refresh(slug, min_interval, timeout))
+    def claim_refresh(self, slug, min_interval):
+        return self._run(lambda store: store.claim_refresh(slug, min_interval))
 
     def hold(self, slug, seconds):
         return self._run(lambda store: store.hold(slug, seconds))

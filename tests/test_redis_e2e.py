@@ -221,6 +221,27 @@ def test_the_lease_moves_when_its_holder_dies(two, pg, upstream, redis_server):
     assert holder != redis.Redis.from_url(redis_server.url).get(f"public-status:lease:{slug}").decode()
 
 
+
+def test_a_worker_killed_mid_fetch_holds_the_fetch_for_no_longer_than_a_lease(two, pg, upstream, redis_server):
+    """The fetch lock is renewed while its holder fetches: killed mid-fetch, it lets go
+    within the lease, not after the project's whole timeout (10 s here)."""
+    a, b = two
+    slug, on_a, on_b = watched_on_both(two, pg, upstream, "midfetch", {"A1": "open"}, 0.2)
+    client = redis.Redis.from_url(redis_server.url)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"}, delay=30)      # the next fetch hangs
+    holder = wait_for(lambda: client.get(f"public-status:fetching:{slug}"), timeout=3).decode()
+    holder_pid = int(holder.split(":")[1])
+    dying, surviving_stream = (a, on_b) if holder_pid in a.worker_pids() else (b, on_a)
+
+    os.kill(dying.process.pid, signal.SIGKILL)     # the master first, so none respawns
+    os.kill(holder_pid, signal.SIGKILL)
+    killed = time.monotonic()
+    upstream.set_statuses(f"/{slug}", {"A1": "closed"})
+    change = surviving_stream.next_event("bulk_update", 4 * LEASE)
+    assert change is not None, f"no change {time.monotonic() - killed:.1f} s after the fetch's holder died"
+    assert change.json() == {"updates": {"A1": "sold"}}
+
+
 def test_without_redis_both_keep_serving_and_converge_when_it_returns(two, pg, upstream, redis_server):
     a, b = two
     slug, on_a, on_b = watched_on_both(two, pg, upstream, "outage", {"A1": "open", "A2": "open"}, 0.25)

@@ -374,12 +374,12 @@ def test_a_refetch_of_the_same_statuses_makes_the_snapshot_fresh_again(clock):
 
 def test_a_refresh_is_allowed_again_exactly_after_the_interval(clock):
     store = LocalStore(on_change=lambda *change: None, clock=clock)
-    assert store.claim_refresh("p", 10, 2) == 0
+    assert store.claim_refresh("p", 10) == 0
     clock.now += 9.5
-    assert store.claim_refresh("p", 10, 2) == pytest.approx(0.5)
+    assert store.claim_refresh("p", 10) == pytest.approx(0.5)
     clock.now += 0.5
-    assert store.claim_refresh("p", 10, 2) == 0
-    assert store.claim_refresh("p", 10, 2) == 10             # and that one counts
+    assert store.claim_refresh("p", 10) == 0
+    assert store.claim_refresh("p", 10) == 10             # and that one counts
 
 
 def test_a_successful_refresh_ends_the_pollers_backoff(poller, pg, upstream):

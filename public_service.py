@@ -2271,8 +2271,12 @@ class SharedStore(Store):
     def fetch(self, slug, timeout, do_fetch):
         # The fetch lock is a lease its holder renews while it fetches: a worker killed
         # mid-fetch lets go within POLL_LEASE_TTL, not after the project's whole timeout.
+        # Whoever finds it taken waits for the word every fetch ends with, listening from
+        # before it asks, so that a fetch ending meanwhile is not missed.
         lock = _redis_key("fetching", slug)
+        arrival = self._arrivals.setdefault(slug, gevent.event.AsyncResult())
         if self._take(keys=[lock], args=[self._me, self._lease_ms]) == 0:
+            self._stop_waiting(slug, arrival)
             fetched = gevent.event.Event()
             gevent.spawn(self._renew_while, lock, fetched)
             try:
@@ -2283,19 +2287,21 @@ class SharedStore(Store):
             # outcome is made, before a stream writes it and a refresh could join it.
             gevent.spawn(self._end_fetch, slug, isinstance(outcome, UpstreamError))
             return outcome
-        arrival = self._arrivals.setdefault(slug, gevent.event.AsyncResult())
         give_up = time.monotonic() + timeout + 1
-        while True:
+        while not arrival.ready():
             left_ms = self._client.pttl(lock)
-            if left_ms < 0:                       # it ended before we began to wait, or
-                if self._arrivals.get(slug) is arrival:  # its holder died: no word comes
-                    del self._arrivals[slug]
+            if left_ms < 0:                       # it ended unheard, or its holder died
+                self._stop_waiting(slug, arrival)
                 self.sync(slug)
                 return self.read(slug)[0] or UpstreamError("remote", "no snapshot in Redis")
             if time.monotonic() > give_up:
                 return UpstreamError("remote", "another worker's fetch did not end in time")
-            if arrival.wait(max(left_ms, 20) / 1000) is not None:
-                return (arrival.value and self.read(slug)[0]) or UpstreamError("remote", "another worker's fetch failed")
+            arrival.wait(min(max(left_ms, 20) / 1000, self.renew_every))
+        return (arrival.value and self.read(slug)[0]) or UpstreamError("remote", "another worker's fetch failed")
+
+    def _stop_waiting(self, slug: str, arrival: gevent.event.AsyncResult) -> None:
+        if self._arrivals.get(slug) is arrival:
+            del self._arrivals[slug]
 
     def _renew_while(self, lock: str, fetched: gevent.event.Event) -> None:
         try:

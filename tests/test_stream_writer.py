@@ -16,13 +16,16 @@ from hypothesis import strategies as st
 from public_service import (
     STREAM_QUEUE_SIZE,
     STREAM_TRANSITIONS,
+    Change,
     Ping,
+    Position,
     SocketTransport,
     Stream,
     StreamEvent,
     StreamState,
     StreamStateError,
     StreamStats,
+    Snapshot,
     Wire,
 )
 
@@ -105,6 +108,25 @@ def test_the_lifecycle_is_one_table_and_refuses_what_it_does_not_name():
     stream, *_ = attached()
     with pytest.raises(StreamStateError):
         stream.event(StreamEvent.FLUSHED)            # a live stream has no last words to flush
+
+
+
+def test_an_offer_steps_jumps_or_passes_by_the_one_rule_for_versions():
+    stream, client, *_ = attached(window=1 << 16)
+
+    def offer(version, statuses, base=None, updates=None):
+        snapshot = Snapshot.build("p", Position("e", version), statuses)
+        stream.offer(Change(snapshot, base and Position("e", base), updates))
+        before = len(client.received)
+        client.read()
+        return bytes(client.received[before:])
+
+    assert b"id: e-1\nevent: status_update\n" in offer(1, {"A1": "sold"})           # first: whole
+    assert b"id: e-2\nevent: bulk_update\n" in offer(2, {"A1": "available"}, 1, {"A1": "available"})
+    assert offer(2, {"A1": "available"}, 1, {"A1": "available"}) == b""               # stale
+    assert offer(3, {"A1": "available"}, 2, {}) == b""              # a step nobody can see...
+    assert b"id: e-4\nevent: bulk_update\n" in offer(4, {"A1": "sold"}, 3, {"A1": "sold"})  # ...held
+    assert b"id: e-6\nevent: status_update\n" in offer(6, {"A1": "reserved"}, 5, {"A1": "reserved"})
 
 
 def test_a_message_the_socket_takes_in_part_is_finished_by_the_event_loop_in_order():

@@ -19,13 +19,13 @@ from public_service import (
     Change,
     Ping,
     Position,
+    Snapshot,
     SocketTransport,
     Stream,
     StreamEvent,
     StreamState,
     StreamStateError,
     StreamStats,
-    Snapshot,
     Wire,
 )
 

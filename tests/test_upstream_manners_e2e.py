@@ -115,6 +115,21 @@ def test_a_retry_after_beyond_eight_intervals_is_cut_to_them(start_service, pg, 
     stream.close()
 
 
+
+@pytest.mark.parametrize("retry_after", ["0", email.utils.formatdate(time.time() - 60, usegmt=True)])
+def test_a_retry_after_shorter_than_the_backoff_does_not_cut_it(start_service, pg, upstream, retry_after):
+    """"At least that long": a client API that says Retry-After: 0 while it keeps
+    failing is still backed off from, exponentially, as any failing one is."""
+    service = start_service()
+    slug, stream = watched(service, pg, upstream, {"A1": "open"}, interval=0.5)
+    upstream.set(f"/{slug}", b"", status=429, headers={"Retry-After": retry_after})
+    wait_for(lambda: outcome(service, "rate_limited") >= 1, timeout=3)
+    asked = upstream.count(f"/{slug}")
+    time.sleep(2.5)          # backoff: 0.5-1 s, then 1-2 s, then 2-4 s (the 8-interval cap)
+    assert upstream.count(f"/{slug}") - asked <= 3
+    stream.close()
+
+
 def test_with_no_snapshot_yet_a_get_says_when_to_come_back(start_service, pg, upstream):
     service = start_service()
     slug = pg.add_project(pg.unique_slug("manners"), base_url=upstream.url, interval=1)

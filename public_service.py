@@ -1677,7 +1677,9 @@ class LocalStore(Store):
     nothing is elsewhere (`sync`, `release_poll` and `close`: the protocol's no-ops).
 
     Its epoch is its own, made when it is: versions start again at 1 after a restart,
-    and so do ids, under another epoch. It keeps each project's History.
+    and so do ids, under another epoch. As a mirror of Redis, it is given a new epoch for
+    each spell alone (`new_line`), so that no id is given out twice. It keeps each
+    project's History.
     """
 
     shared = False
@@ -1688,7 +1690,7 @@ class LocalStore(Store):
         self._on_change = on_change
         self._clock = clock
         self._history_bound = history
-        self.epoch = f"{random.getrandbits(40):010x}"
+        self.new_line()
         self._stored: dict[str, _Stored] = {}
         self._history: dict[str, History] = {}
         self._refreshed_at: dict[str, float] = {}
@@ -1699,6 +1701,9 @@ class LocalStore(Store):
         if stored is None:
             return None, math.inf
         return stored.snapshot, self._clock() - stored.fetched_at
+
+    def new_line(self) -> None:
+        self.epoch = f"{random.getrandbits(40):010x}"
 
     def validators(self, slug: str) -> Validators | None:
         stored = self._stored.get(slug)
@@ -2237,6 +2242,19 @@ class SharedStore(Store):
             case Succession.STALE if held == position:
                 self._mirror.touch(slug, fetched_at, validators)
 
+    def rejoin(self, slug: str, epoch_alone: str) -> None:
+        """Back from a spell alone: what this worker fetched alone, if it is newer than
+        what Redis holds, becomes the shared version; else Redis's is taken. (Taking
+        Redis's older one would send this worker's streams back in time.)"""
+        mine, age = self._mirror.read(slug)
+        if mine is not None and mine.position.epoch == epoch_alone:
+            stored_at = self._client.hget(_redis_key("snapshot", slug), "fetched_at")
+            if stored_at is None or float(stored_at) < time.time() - age:
+                self._digests.pop(slug, None)     # Redis's digest is another line's: send all
+                self.commit(slug, Fetched.same(mine, self._mirror.validators(slug)))
+                return
+        self.load(slug)
+
     def load(self, slug: str) -> None:
         """Take the project's snapshot and history as Redis has them, if it has them. The
         mirror's streams get the difference from what they held."""
@@ -2440,6 +2458,7 @@ class RedisLink(Store):
 
     def _lose(self, exc: Exception) -> None:
         if self.current is self.together:
+            self.alone.new_line()    # the last spell's versions may be given out again
             self.current = self.alone
             log.error("Redis unavailable (%s): this worker polls and serves on its own until "
                       "it is back", type(exc).__name__, extra={"event": "redis_unavailable"})
@@ -2450,8 +2469,8 @@ class RedisLink(Store):
                 gevent.sleep(REDIS_RETRY_SECONDS)
                 try:
                     self.client.ping()
-                    for slug in self.alone.slugs():   # the shared line, as Redis has it
-                        self.together.load(slug)
+                    for slug in self.alone.slugs():
+                        self.together.rejoin(slug, self.alone.epoch)
                 except redis.RedisError:
                     continue
                 self.current = self.together

@@ -242,6 +242,57 @@ def test_a_worker_killed_mid_fetch_holds_the_fetch_for_no_longer_than_a_lease(tw
     assert change.json() == {"updates": {"A1": "sold"}}
 
 
+
+def alone_then_back(service, redis_server, pause) -> None:
+    """Redis away (paused, or stopped) until `service` works alone, then back."""
+    os.kill(redis_server.process.pid, signal.SIGSTOP) if pause else redis_server.stop()
+    try:
+        wait_for(lambda: metric(service.url, "public_status_redis_shared") == 0, timeout=10)
+        yield
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT) if pause else redis_server.start()
+    wait_for(lambda: metric(service.url, "public_status_redis_shared") == 1, timeout=10)
+
+
+def test_a_worker_back_from_a_redis_pause_keeps_what_it_fetched_alone(start_service, pg, upstream, redis_server):
+    """Redis still holds the version from before the pause; the worker fetched a newer
+    one alone. Back, it makes its own the shared one: its streams never go back in time."""
+    service = start_service(REDIS_URL=redis_server.url, POLL_LEASE_TTL=str(LEASE))
+    slug = pg.add_project(pg.unique_slug("paused"), base_url=upstream.url, interval=0.25)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    watching = stream(service, slug)
+    watching.next_event("status_update")
+    for _ in alone_then_back(service, redis_server, pause=True):
+        upstream.set_statuses(f"/{slug}", {"A1": "closed"})
+        assert watching.next_event("bulk_update", 5).json() == {"updates": {"A1": "sold"}}
+    seen = []
+    until = time.monotonic() + 1.5                        # six polls, shared again
+    while (message := watching.next(until - time.monotonic())) is not None:
+        seen.append((message.event, message.data))
+    assert [data for event, data in seen if event != "ping"] == []
+    stored = redis.Redis.from_url(redis_server.url).hget(f"public-status:snapshot:{slug}", "statuses")
+    assert json.loads(stored) == {"A1": "sold"}
+
+
+def test_no_id_is_given_out_twice_across_two_spells_alone(start_service, pg, upstream, redis_server):
+    service = start_service(REDIS_URL=redis_server.url, POLL_LEASE_TTL=str(LEASE))
+    slug = pg.add_project(pg.unique_slug("spells"), base_url=upstream.url, interval=0.25)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    watching = stream(service, slug)
+    said = {watching.next_event("status_update").id: "available"}
+    for statuses, status in (({"A1": "closed"}, "sold"), ({"A1": "held"}, "reserved")):
+        for _ in alone_then_back(service, redis_server, pause=False):
+            upstream.set_statuses(f"/{slug}", statuses)
+            change = watching.next_event("bulk_update", 5)
+            assert change.json() == {"updates": {"A1": status}}
+            assert said.setdefault(change.id, status) == status, f"{change.id} given out for two states"
+    again = EventStream(service.port, f"/api/public/{slug}/status/stream",
+                        headers={"Last-Event-ID": next(iter(said))})
+    assert again.next().event == "connected"
+    assert again.next_event("status_update").json() == {"statuses": {"A1": "reserved"}}
+    again.close()
+
+
 def test_without_redis_both_keep_serving_and_converge_when_it_returns(two, pg, upstream, redis_server):
     a, b = two
     slug, on_a, on_b = watched_on_both(two, pg, upstream, "outage", {"A1": "open", "A2": "open"}, 0.25)

@@ -3652,6 +3652,7 @@ class Edge:
     def __init__(self, config: Config, metrics: Metrics, streams: Callable[[], int]):
         self._header_timeout = config.header_timeout
         self._keepalive_timeout = config.keepalive_timeout
+        self._every_answer = every_answer_headers(config)
         self._sweep_every = min(1.0, max(0.05, min(config.header_timeout, config.keepalive_timeout) / 4))
         self._metrics = metrics
         self._streams = streams           # how many streams the worker holds (their descriptors)
@@ -3745,7 +3746,7 @@ class Edge:
             except ClientTooSlow:
                 return None
             except RequestRefused as refused:
-                self._refuse(client, refused)
+                self._refuse(client, refused, head_only=received.startswith(b"HEAD "))
                 self._linger(client)
                 return None
             finally:
@@ -3761,7 +3762,7 @@ class Edge:
             if request.content_length > REQUEST_BODY_LIMIT:
                 raise RequestRefused(413, "request body too large")
         except RequestRefused as refused:
-            self._refuse(client, refused)
+            self._refuse(client, refused, head_only=head.startswith(b"HEAD "))
             return _Outcome.LINGER
         environ = self._environ(listener, address, request)
         answer: list = []
@@ -3774,7 +3775,7 @@ class Edge:
             body = self._app(environ, start_response)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
-            self._write_error(client, 500, "internal error")
+            self._write_error(client, 500, "internal error", request.method == "HEAD")
             return _Outcome.CLOSE
         status, headers = answer
         if type(body) is Stream:
@@ -3826,16 +3827,17 @@ class Edge:
         finally:
             self._waiting_short.pop(client, None)
 
-    def _refuse(self, client, refused: RequestRefused) -> None:
+    def _refuse(self, client, refused: RequestRefused, head_only: bool) -> None:
         self._metrics.requests_refused.labels(str(refused.status)).inc()
-        self._write_error(client, refused.status, refused.public)
+        self._write_error(client, refused.status, refused.public, head_only)
 
-    def _write_error(self, client, status: int, public: str) -> None:
-        """An answer of the edge's own, the connection closing after it."""
+    def _write_error(self, client, status: int, public: str, head_only: bool) -> None:
+        """An answer of the edge's own, with the headers every answer has, the connection
+        closing after it; to a HEAD, its head alone."""
         body = json.dumps({"error": public}).encode()
         head = self._response_head(f"{status} {http.HTTPStatus(status).phrase}", [
-            ("Content-Type", "application/json"), ("Cache-Control", "no-store")], len(body), True)
-        self._write(client, head + body)
+            ("Content-Type", "application/json"), *self._every_answer], len(body), True)
+        self._write(client, head if head_only else head + body)
 
     def _write(self, client, data: bytes) -> None:
         """All of `data`; the client must take some of it every HEADER_TIMEOUT."""
@@ -4008,6 +4010,12 @@ class PublicStatus:
         self.db.close()
 
 
+def every_answer_headers(config: Config) -> tuple[tuple[str, str], ...]:
+    """The headers of every answer, the edge's own refusals and errors included."""
+    return (("Access-Control-Allow-Origin", config.cors_allow_origin),
+            ("Access-Control-Expose-Headers", "Retry-After"), ("Cache-Control", "no-store"))
+
+
 def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     """Build the app. `config`: a Config, a mapping of environment-style names (tests),
     or None to read the process environment."""
@@ -4032,10 +4040,8 @@ def create_app(config: Config | Mapping[str, Any] | None = None) -> Flask:
     app.url_map.merge_slashes = False  # `/api//public/x/status` must not be a 308
     here = Path(__file__).parent
     static_files = {name: (here / name).read_bytes() for name in STATIC_FILES if (here / name).exists()}
-    headers = (("Access-Control-Allow-Origin", config.cors_allow_origin),  # on every answer
-               ("Access-Control-Expose-Headers", "Retry-After"), ("Cache-Control", "no-store"))
     public = PublicStatus(config, db, directory, store, service, fanout, metrics, scrubber,
-                          static_files, headers, edge)
+                          static_files, every_answer_headers(config), edge)
     app.extensions["public_status"] = public
     app.register_blueprint(routes)
     app.wsgi_app = WarmStatusFastPath(app.wsgi_app, public)

@@ -93,6 +93,30 @@ def test_a_request_hidden_behind_ambiguous_framing_is_never_served(live, data, s
     assert b"Content-Type: application/json" in head and "error" in json.loads(body)
 
 
+
+REFUSED = {                                               # each after its method
+    "413": b" /api/public/x/status/refresh HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n",
+    "431": b" /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+    "400": b" /healthz HTTP/1.1\r\nHost: x\r\nX\x00A: 1\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("method", ["POST", "HEAD"])
+@pytest.mark.parametrize("status", REFUSED)
+def test_the_edges_own_refusals_carry_every_answers_headers(live, status, method):
+    """A page of another origin reading the answer must see it (CORS), nobody may keep
+    it, and a HEAD gets the head alone."""
+    data = method.encode() + REFUSED[status]
+    answer = exchange(live, data)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert statuses(answer) == [int(status)]
+    assert b"\r\nAccess-Control-Allow-Origin: *\r\n" in head and b"\r\nCache-Control: no-store" in head
+    if method == "HEAD":
+        assert body == b""
+    else:
+        assert "error" in json.loads(body)
+
+
 # --------------------------------------------------------------------------- ids
 
 @pytest.mark.parametrize("how", ["header", "query"])

@@ -3687,6 +3687,13 @@ class Edge:
         taken = False
         try:
             if self.closing:
+                # Accepted in the moment before gunicorn closes its listener: one answer
+                # (a stream's is a `retry:`, as every stream gets), then close, rather
+                # than a reset the client cannot tell from a crash.
+                with gevent.Timeout(self._header_timeout, False):
+                    head = self._next_head(client, bytearray(), True)
+                    if head is not None:
+                        taken = self._serve(listener, client, address, head) is _Outcome.TAKEN
                 return
             self._make_room()
             if self._sweeper is None:
@@ -3724,7 +3731,7 @@ class Edge:
                 data = client.recv(RECEIVE_SIZE)
             finally:
                 waiting.pop(client, None)
-            if not data or self.closing:
+            if not data or (self.closing and not first):
                 return None
             received += data
             if not first:

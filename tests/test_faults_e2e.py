@@ -406,6 +406,30 @@ def test_sigterm_ends_streams_finishes_requests_and_exits(own_service, pg, upstr
     assert polls_after == []
 
 
+
+def test_a_connection_accepted_while_shutting_down_gets_an_answer_not_a_reset(start_service, slug):
+    """gunicorn closes its listener at its next tick after SIGTERM: what it accepts until
+    then is answered (a stream: sent away with a `retry:`), then closed."""
+    service = start_service()
+    service.process.send_signal(signal.SIGTERM)
+    outcomes = []
+    until = time.monotonic() + 2
+    while time.monotonic() < until and len(outcomes) < 200:
+        try:
+            with socket.create_connection(("127.0.0.1", service.port), timeout=3) as sock:
+                sock.sendall(f"GET /api/public/{slug}/status/stream HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                answer = sock.recv(65536)
+        except ConnectionRefusedError:
+            break                                       # the listener is closed: fine
+        except ConnectionResetError:
+            answer = b"reset"
+        outcomes.append(answer[:12])
+        time.sleep(0.02)
+    assert outcomes, "the listener closed before any connection was tried"
+    assert all(answer.startswith(b"HTTP/1.1 ") for answer in outcomes), set(outcomes)
+    assert service.process.wait(15) == 0
+
+
 # --------------------------------------------------------------------------- bad input
 
 def raw_request(port, data: bytes) -> bytes:

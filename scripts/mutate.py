@@ -13,6 +13,7 @@ docs/tests.md).
 
     python scripts/mutate.py            # all mutants (about 15 minutes on 2 cores)
     python scripts/mutate.py --limit 40 # a sample, spread over the targets
+    python scripts/mutate.py --only Wire.with_tail,accepts_gzip   # some targets alone
 """
 
 from __future__ import annotations
@@ -251,9 +252,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, help="run an evenly spread sample of this many")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--only", help="comma-separated targets (as TARGETS names them): "
+                                       "those alone, to see survivors killed")
     options = parser.parse_args()
     source = MODULE.read_text()        # once: the file may change while the run goes on
     mutants = make_mutants(source)
+    if options.only:
+        only = set(options.only.split(","))
+        if only - TARGETS:
+            raise SystemExit(f"not targets: {', '.join(sorted(only - TARGETS))}")
+        mutants = [mutant for mutant in mutants if mutant.where in only]
     total = len(mutants)
     if options.limit and options.limit < total:
         step = total / options.limit

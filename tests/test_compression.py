@@ -26,6 +26,7 @@ from public_service import (
     (None, False), ("", False), ("identity", False), ("br, deflate", False), ("gzip;q=0", False),
     ("gzip;q=0, *", False), ("*;q=0", False), ("gzip;q=nope", False), ("gzipped", False),
     ("gzip;level=1;q=0", False), ("gzip;level=1;q=0.2", True), ("x-gzip;q=0", False),
+    (",gzip", True), ("x-gzip;q=0, gzip", True),   # an empty list element; gzip found twice
 ])
 def test_accept_encoding(header, gzip):
     assert accepts_gzip(header) is gzip

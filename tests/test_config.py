@@ -19,6 +19,7 @@ def test_every_default_follows_the_spec():
     assert (config.min_poll_interval, config.header_timeout, config.keepalive_timeout,
             config.db_pool_size, config.db_timeout, config.sse_reconnect_spread_ms,
             config.sse_history, config.compression) == (1, 10, 100, 5, 5, 5000, 100, True)
+    assert config.max_projects_per_stream == 20
 
 
 CONFIG_VARIABLES = [
@@ -36,6 +37,7 @@ CONFIG_VARIABLES = [
     ("DB_POOL_SIZE", "db_pool_size", "13", 13), ("DB_TIMEOUT", "db_timeout", "14", 14.0),
     ("SSE_RECONNECT_SPREAD_MS", "sse_reconnect_spread_ms", "15", 15),
     ("SSE_HISTORY", "sse_history", "16", 16), ("COMPRESSION", "compression", "OFF", False),
+    ("MAX_PROJECTS_PER_STREAM", "max_projects_per_stream", "3", 3),
 ]
 
 
@@ -67,7 +69,7 @@ def test_config_rejects_bad_values_by_name(name, value):
 @pytest.mark.parametrize(("name", "lowest"), [
     ("PORT", 0), ("SSE_RETRY_MS", 0), ("MAX_UPSTREAM_BYTES", 1), ("MAX_STREAMS", 0),
     ("DB_POOL_SIZE", 1), ("REFRESH_MIN_INTERVAL", 0), ("PROJECT_CACHE_TTL", 0),
-    ("SSE_RECONNECT_SPREAD_MS", 0), ("SSE_HISTORY", 0)])
+    ("SSE_RECONNECT_SPREAD_MS", 0), ("SSE_HISTORY", 0), ("MAX_PROJECTS_PER_STREAM", 1)])
 def test_each_minimum_is_allowed_and_below_it_is_not(name, lowest):
     Config.from_env({"DATABASE_URL": "x", name: str(lowest)})
     with pytest.raises(ConfigError, match=name):

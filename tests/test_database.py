@@ -34,6 +34,10 @@ def db_errors(metrics: Metrics) -> float:
     return metrics.registry.get_sample_value("public_status_db_errors_total")
 
 
+def database_up(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("public_status_database_up")
+
+
 @pytest.fixture
 def cuttable(pg):
     """`cuttable(bounds=None, metrics=None)`: a directory on a fake clock whose database a
@@ -184,6 +188,7 @@ def test_known_projects_outlive_a_database_outage(pg, cuttable):
     other = pg.add_project(pg.unique_slug(), base_url="https://c.example.com")
     assert directory.get(known) is not None
     assert directory.get(unknown) is None
+    assert database_up(metrics) == 1
 
     proxy.cut()
     clock.now += 31
@@ -193,11 +198,13 @@ def test_known_projects_outlive_a_database_outage(pg, cuttable):
     with pytest.raises(DatabaseUnavailable):
         directory.get(unknown)                        # an expired "no such project" is not trusted
     assert db_errors(metrics) == 1                    # within a second: not asked again
+    assert database_up(metrics) == 0
 
     proxy.restore()
     clock.now += 1
     assert directory.get(other).slug == other
     assert directory.get(unknown) is None
+    assert database_up(metrics) == 1
 
 
 

@@ -3,6 +3,7 @@
 import json
 import logging
 import re
+import sys
 
 import pytest
 
@@ -136,3 +137,13 @@ def test_json_lines_have_an_iso_time_and_carry_tracebacks(captured):
     assert "RuntimeError: boom" in entry["exception"] and entry["message"] == "failed"
     logger.info("plain")
     assert "exception" not in json.loads(lines[1])
+
+
+def test_the_json_formatter_alone_writes_the_traceback():
+    """Without the scrubber in front (which formats tracebacks to redact them), the
+    formatter still writes one."""
+    try:
+        raise RuntimeError("alone")
+    except RuntimeError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    assert "RuntimeError: alone" in json.loads(public_service.JsonFormatter().format(record))["exception"]

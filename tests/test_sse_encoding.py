@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from public_service import Position, Snapshot, SSEMessage, retry_message
+from public_service import Position, Snapshot, SSEMessage, Wire, retry_message
 
 
 @pytest.mark.parametrize(("message", "wire"), [
@@ -37,6 +37,21 @@ def test_snapshot_carries_its_encodings():
     assert snapshot.event.plain == (
         b'id: e1f-3\nevent: status_update\ndata: {"statuses": {"A1": "sold", "A2": "available"}}\n\n')
     assert snapshot.id == "e1f-3"
+    assert snapshot.mux_event.plain == (
+        b'event: status_update\ndata: {"project": "demo", "statuses": {"A1": "sold", "A2": "available"}}\n')
+
+
+def test_a_wire_with_a_tail_is_made_once_per_tail_and_the_tails_kept_are_bounded():
+    wire = Wire(b"data: x\n")
+    first = wire.with_tail(b"id: 0\n\n")
+    assert first.plain == b"data: x\nid: 0\n\n"
+    assert wire.with_tail(b"id: 0\n\n") is first                  # made once, shared
+    for n in range(1, Wire.TAILS):
+        assert wire.with_tail(b"id: %d\n\n" % n).plain == b"data: x\nid: %d\n\n" % n
+    assert wire.with_tail(b"id: 0\n\n") is first                  # all TAILS of them kept
+    beyond = b"id: more\n\n"
+    assert wire.with_tail(beyond).plain == b"data: x\nid: more\n\n"
+    assert wire.with_tail(beyond) is not wire.with_tail(beyond)   # made each time, not kept
 
 
 def test_a_sent_away_stream_gets_its_own_retry_within_the_spread():

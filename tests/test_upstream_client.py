@@ -8,6 +8,7 @@ import requests
 import requests_mock as rm
 
 from public_service import (
+    VALIDATOR_LENGTH,
     NotModified,
     UpstreamClient,
     UpstreamError,
@@ -273,3 +274,25 @@ def test_retry_after_seconds_reads_both_forms():
     assert retry_after_seconds("Thu, 01 Jan 1970 00:00:30 GMT", now=0, cap=60) == 30
     assert retry_after_seconds("Thu, 01 Jan 1970 00:00:30 GMT", now=100, cap=60) == 0
     assert retry_after_seconds("١٢", now=0, cap=60) == 60     # digits, but not ASCII ones
+
+
+@pytest.mark.parametrize("headers", [{"ETag": '"v1"'}, {"Last-Modified": "Wed, 02 Dec 2026 10:00:00 GMT"}])
+def test_either_validator_alone_is_kept_and_sent_back_alone(upstream_client, mock, headers):
+    project = make_project()
+    mock.get(BASE + "/units", json={}, headers=headers)
+    kept = upstream_client.get(project).validators
+    assert kept is not None and (kept.etag, kept.last_modified) == (headers.get("ETag"), headers.get("Last-Modified"))
+    upstream_client.get(project, kept)
+    sent = {name: mock.last_request.headers.get(name) for name in ("If-None-Match", "If-Modified-Since")}
+    assert sent == {"If-None-Match": headers.get("ETag"), "If-Modified-Since": headers.get("Last-Modified")}
+
+
+def test_a_validator_of_exactly_the_longest_length_is_kept(upstream_client, mock):
+    etag = '"' + "x" * (VALIDATOR_LENGTH - 2) + '"'
+    mock.get(BASE + "/units", json={}, headers={"ETag": etag})
+    assert upstream_client.get(make_project()).validators.etag == etag
+
+
+def test_a_retry_after_date_without_a_zone_is_read_as_utc():
+    # "-0000" says the zone is unknown; parsedate_to_datetime gives a naive time for it
+    assert retry_after_seconds("Thu, 01 Jan 1970 00:00:30 -0000", now=0, cap=60) == 30

@@ -435,3 +435,49 @@ def test_a_miss_takes_what_another_worker_committed(upstream, request, clock):
         for client in clients:
             client.close()
         server.stop()
+
+
+# --------------------------------------------------------------------------- upstream manners
+
+def test_a_retry_after_holds_back_reads_and_refreshes_to_its_end(status_service, project, upstream, clock):
+    served = status_service.status(project)                  # a snapshot to serve meanwhile
+    upstream.set(f"/{project.slug}", b"", status=429, headers={"Retry-After": "40"})  # 8 intervals
+    clock.now += 31
+    assert status_service.status(project) is served         # asked, held back: the stale one
+    asked = upstream.count(f"/{project.slug}")
+    clock.now += 35                  # past the failure's own wait (the cache TTL), still held
+    assert status_service.status(project) is served
+    clock.now += 4.5                                         # half a second of the hold left
+    assert status_service.status(project) is served
+    assert status_service.refresh(project) is served        # a refresh too, and not counted
+    assert upstream.count(f"/{project.slug}") == asked
+    assert sample(status_service, "public_status_upstream_deferred_total") == 3
+    upstream.set_statuses(f"/{project.slug}", {"A1": "closed"})
+    clock.now += 0.6                                         # the hold is over
+    assert status_service.refresh(project).statuses == {"A1": "sold"}
+
+
+def test_an_unchanged_document_is_asked_for_with_the_validator_it_came_with(status_service, upstream, request, clock):
+    project = make_project(upstream, request)
+    path = f"/{project.slug}"
+    upstream.set_statuses(path, {"A1": "open"}, etag='"v1"')
+    first = status_service.status(project)
+    clock.now += 31
+    assert status_service.status(project) is first           # a 304: the same snapshot
+    assert upstream.routes[path].not_modified == 1
+    assert upstream.requests_to(path)[-1].headers.get("If-None-Match") == '"v1"'
+    clock.now += 29.9
+    assert status_service.status(project) is first           # fresh again from the 304
+    assert upstream.count(path) == 2
+
+    upstream.set_statuses(path, {"A1": "open"}, etag='"v2"')  # the same bytes, a new validator
+    clock.now += 0.2
+    assert status_service.status(project) is first           # unchanged, so the same snapshot
+    clock.now += 31
+    status_service.status(project)
+    assert upstream.requests_to(path)[-1].headers.get("If-None-Match") == '"v2"'   # the newer one
+
+    moved = project_from_row(project.slug, (upstream.url, path, "bearer", '{"token": "t2"}', 2, None, 5), 30.0)
+    clock.now += 31
+    status_service.status(moved)                             # new settings: asked whole
+    assert upstream.requests_to(path)[-1].headers.get("If-None-Match") is None

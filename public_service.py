@@ -2561,7 +2561,7 @@ def parse_mux_event_id(text: str | None) -> dict[str, Position]:
     epoch = None
     for part in (text or "")[:MUX_ID_LIMIT].strip().split("."):
         if part.startswith("~"):
-            epoch = part[1:] if 0 < len(part) <= 33 and part[1:].isalnum() and part.isascii() else None
+            epoch = part[1:]                  # judged with each version, by parse_event_id
         elif epoch is not None and (position := parse_event_id(f"{epoch}-{part[8:]}")) is not None:
             found[part[:8]] = position
     return found

@@ -44,6 +44,7 @@ def test_diff_of_equal_snapshots_is_empty():
     ("garbage", None), ("", None), (None, None), ("-5", None), ("e--5", None), ("e-1.5", None),
     ("e-", None), ("e-x", None), ("é-1", None), ("a b-1", None), ("e-٣", None),
     ("e-" + "9" * 5000, None), ("e" * 5000 + "-1", None), ("e-" + "9" * 18, ("e", 10**18 - 1)),
+    ("e-" + "9" * 19, None), ("e" * 32 + "-1", ("e" * 32, 1)), ("e" * 33 + "-1", None),
 ])
 def test_event_ids(text, parsed):
     assert parse_event_id(text) == (Position(*parsed) if parsed else None)
@@ -175,3 +176,15 @@ def test_a_multiplexed_id_names_each_project_by_a_tag_of_its_own():
     assert len({project_tag(f"p-{n}") for n in range(20_000)}) == 20_000
     assert parse_mux_event_id("garbage.x-y-z." + "a" * 10_000) == {}
     assert parse_mux_event_id(None) == {}
+    tag = project_tag("harbour-view")
+    assert parse_mux_event_id(f"~{'e' * 32}.{tag}5") == {tag: at(5, "e" * 32)}
+    assert parse_mux_event_id(f"~{'e' * 33}.{tag}5") == {}
+    assert parse_mux_event_id(f"~ba!d.{tag}5.~ok.{tag}6") == {tag: at(6, "ok")}
+    assert parse_mux_event_id(f"~.{tag}5") == parse_mux_event_id(f"{tag}5") == {}
+
+
+def test_a_multiplexed_id_line_is_made_once_for_the_positions_held():
+    held = (("harbour-view", at(7, "aa")), ("marina-point", None))
+    line = public_service._id_line(held)
+    assert line == b"id: ~aa.%s7\n\n" % project_tag("harbour-view").encode()
+    assert public_service._id_line(held) is line

@@ -481,3 +481,25 @@ def test_an_unchanged_document_is_asked_for_with_the_validator_it_came_with(stat
     clock.now += 31
     status_service.status(moved)                             # new settings: asked whole
     assert upstream.requests_to(path)[-1].headers.get("If-None-Match") is None
+
+
+def test_a_spell_of_being_held_back_is_logged_once_and_a_new_spell_again(status_service, project, upstream,
+                                                                          clock, caplog):
+    status_service.status(project)
+    caplog.set_level(logging.WARNING, logger="public_service")
+
+    def held_back_lines():
+        return [record for record in caplog.records if getattr(record, "event", "") == "upstream_held_back"]
+
+    for _ in range(2):                                        # one spell: two 429s in a row
+        upstream.set(f"/{project.slug}", b"", status=429, headers={"Retry-After": "1"})
+        clock.now += 41
+        status_service.refresh(project)
+    assert len(held_back_lines()) == 1 and held_back_lines()[0].project == project.slug
+    upstream.set_statuses(f"/{project.slug}", {"A1": "open"})
+    clock.now += 41
+    status_service.refresh(project)                           # recovered: the spell is over
+    upstream.set(f"/{project.slug}", b"", status=429, headers={"Retry-After": "1"})
+    clock.now += 41
+    status_service.refresh(project)
+    assert len(held_back_lines()) == 2

@@ -6,7 +6,9 @@ arrives once, in order, framed."""
 
 from __future__ import annotations
 
+import gzip
 import socket
+import time
 
 import gevent
 import pytest
@@ -14,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from public_service import (
+    ENDING_SECONDS,
     STREAM_QUEUE_SIZE,
     STREAM_TRANSITIONS,
     Change,
@@ -179,6 +182,63 @@ def test_a_client_that_hangs_up_is_heard_at_once_whatever_it_sent_before():
         while stream.state is not StreamState.CLOSED:
             gevent.sleep(0.001)
     assert closed == [stream]
+
+
+
+def bare_transport(gzip_body=False, chunked=True, window=4096):
+    """A SocketTransport on its own (no Stream in front): what its own guards do."""
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, window)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, window)
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    events, stats = [], StreamStats()
+    head = HEAD if chunked else b"HTTP/1.0 200 OK\r\n\r\n"
+    transport = SocketTransport(ours, head, chunked, gzip_body, stats)
+    transport.start(events.append)
+    return transport, Client(theirs), stats, events
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "http-1.0"])
+def test_a_gzip_body_is_one_gzip_stream_whose_crc_and_length_check(chunked):
+    transport, client, stats, _ = bare_transport(gzip_body=True, chunked=chunked, window=1 << 16)
+    wires = [message(100, b"a"), message(5000, b"b"), message(1, b"c")]
+    for wire in wires:
+        transport.write(wire)
+    assert stats.messages == 3
+    transport.end(b"retry: 3000\n\n")
+    client.read_to_the_end()
+    if chunked:
+        body, ended = client.body()
+        assert ended
+    else:
+        body = bytes(client.received).partition(b"\r\n\r\n")[2]
+    assert gzip.decompress(body) == b"".join(wire.plain for wire in wires) + b"retry: 3000\n\n"
+
+
+def test_after_its_end_a_writer_writes_nothing_more():
+    transport, client, _, events = bare_transport()
+    transport.write(message(300_000))                 # the socket takes part of it
+    transport.end(b"retry: 3000\n\n")
+    transport.write(message(10, b"z"))                # late news
+    transport.end(b"retry: 9999\n\n")                 # and a second end
+    client.read_to_the_end()
+    body, ended = client.body()                       # nothing after the last chunk
+    assert ended and body.endswith(b"x" * 1000 + b"\n\nretry: 3000\n\n")
+    assert events[-1] is StreamEvent.FLUSHED
+
+
+def test_last_words_nobody_reads_are_given_up_on_after_the_ending_seconds():
+    transport, client, _, events = bare_transport()
+    transport.write(message(300_000))                 # backed up, and nobody reads
+    started = time.monotonic()
+    transport.end(b"retry: 3000\n\n")
+    with gevent.Timeout(ENDING_SECONDS + 2):
+        while StreamEvent.LOST not in events:
+            gevent.sleep(0.01)
+    assert time.monotonic() - started >= ENDING_SECONDS - 0.1
+    client.read_to_the_end()
+    assert not client.body()[1]                       # cut, not ended
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

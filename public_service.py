@@ -2787,8 +2787,7 @@ class SocketTransport(Transport):
                 self._backlog[0] = _rest(parts, sent)
                 return
             del self._backlog[0]
-        self._writer.stop()
-        self._writer.close()
+        self._writer.close()                  # (close stops it first)
         self._writer = None
         if self._ending:
             self._close(StreamEvent.FLUSHED)
@@ -2809,7 +2808,6 @@ class SocketTransport(Transport):
     def _close(self, event: StreamEvent) -> None:
         for watcher in (self._reader, self._writer, self._timer):
             if watcher is not None:
-                watcher.stop()
                 watcher.close()
         self._reader = self._writer = self._timer = None
         self._stats.buffered -= sum(sum(map(len, parts)) for parts in self._backlog or ())

@@ -228,6 +228,25 @@ def test_after_its_end_a_writer_writes_nothing_more():
     assert events[-1] is StreamEvent.FLUSHED
 
 
+
+def test_a_drained_backlog_leaves_no_write_watcher_running():
+    """Once the socket took the backlog, the event loop stops watching for room: a
+    watcher left on a writable socket would wake the loop for ever."""
+    loop = gevent.get_hub().loop
+    transport, client, stats, events = bare_transport()
+    idle = loop.activecnt                             # the read watcher's
+    transport.write(message(300_000))
+    assert loop.activecnt == idle + 1                 # watching for room
+    with gevent.Timeout(5):
+        while stats.buffered:
+            client.read(65536)
+            gevent.sleep(0.001)
+    assert events[-1] is StreamEvent.DRAINED and loop.activecnt == idle
+    transport.write(message(300_000))                 # and again, a watcher of its own
+    assert loop.activecnt == idle + 1
+    transport.abort()
+
+
 def test_last_words_nobody_reads_are_given_up_on_after_the_ending_seconds():
     transport, client, _, events = bare_transport()
     transport.write(message(300_000))                 # backed up, and nobody reads

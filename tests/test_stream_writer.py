@@ -7,6 +7,7 @@ arrives once, in order, framed."""
 from __future__ import annotations
 
 import gzip
+import os
 import socket
 import time
 
@@ -22,6 +23,7 @@ from public_service import (
     Change,
     Ping,
     Position,
+    QueueTransport,
     Snapshot,
     SocketTransport,
     Stream,
@@ -30,6 +32,7 @@ from public_service import (
     StreamStateError,
     StreamStats,
     Wire,
+    _rest,
 )
 
 HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -258,6 +261,62 @@ def test_last_words_nobody_reads_are_given_up_on_after_the_ending_seconds():
     assert time.monotonic() - started >= ENDING_SECONDS - 0.1
     client.read_to_the_end()
     assert not client.body()[1]                       # cut, not ended
+
+
+
+def test_what_is_left_of_parts_once_some_bytes_went_out():
+    parts = [b"abc", b"de"]
+    assert [bytes(part) for part in _rest(parts, 0)] == [b"abc", b"de"]
+    assert [bytes(part) for part in _rest(parts, 2)] == [b"c", b"de"]
+    assert [bytes(part) for part in _rest(parts, 3)] == [b"de"]
+    assert [bytes(part) for part in _rest(parts, 4)] == [b"e"]
+    assert _rest(parts, 5) == []
+
+
+def test_a_writer_closed_gives_back_its_socket_and_says_nothing_more():
+    before = len(os.listdir("/proc/self/fd"))
+    transport, client, stats, events = bare_transport()
+    transport.write(message(300_000))
+    transport.abort()
+    transport.write(message(10))                       # after the end: nothing, no error
+    transport.abort()
+    assert events == [StreamEvent.SHORT_WRITE, StreamEvent.LOST] and stats.buffered == 0
+    client.sock.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def queued(gzip_body: bool = False):
+    """A stream whose writer is a queue, as under a WSGI server other than the edge."""
+    stats, closed = StreamStats(), []
+    stream = Stream(["p"], closed.append, stats, gzip_body)
+    transport = QueueTransport(gzip_body, stats)
+    stream.attach(transport)
+    return stream, transport, stats, closed
+
+
+def test_a_reader_is_dropped_past_exactly_the_queue_size():
+    stream, _, _, closed = queued()
+    assert all(stream.say(message(1)) for _ in range(STREAM_QUEUE_SIZE))
+    assert stream.say(message(1)) is False and closed == [stream]
+    opening = Stream(["p"], closed.append, StreamStats())   # not attached yet: kept aside
+    assert all(opening.say(message(1)) for _ in range(STREAM_QUEUE_SIZE))
+    assert opening.say(message(1)) is False
+
+
+@pytest.mark.parametrize("gzip_body", [False, True], ids=["plain", "gzip"])
+def test_a_queued_stream_gives_every_message_once_then_its_end(gzip_body):
+    stream, transport, stats, closed = queued(gzip_body)
+    wires = [message(100, b"a"), message(3000, b"b")]
+    for wire in wires:
+        stream.say(wire)
+    assert stats.messages == 2
+    stream.end(b"retry: 3000\n\n")
+    stream.end(b"retry: 9999\n\n")                    # said once only
+    with gevent.Timeout(2):
+        body = b"".join(transport)
+    expected = b"".join(wire.plain for wire in wires) + b"retry: 3000\n\n"
+    assert (gzip.decompress(body) if gzip_body else body) == expected
+    assert stats.buffered == 0 and closed == [stream]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

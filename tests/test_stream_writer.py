@@ -33,6 +33,7 @@ from public_service import (
     StreamStats,
     Wire,
     _rest,
+    project_tag,
 )
 
 HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -133,6 +134,36 @@ def test_an_offer_steps_jumps_or_passes_by_the_one_rule_for_versions():
     assert offer(3, {"A1": "available"}, 2, {}) == b""              # a step nobody can see...
     assert b"id: e-4\nevent: bulk_update\n" in offer(4, {"A1": "sold"}, 3, {"A1": "sold"})  # ...held
     assert b"id: e-6\nevent: status_update\n" in offer(6, {"A1": "reserved"}, 5, {"A1": "reserved"})
+
+
+
+def test_a_multiplexed_stream_ends_each_status_message_with_every_position_it_holds():
+    stats = StreamStats()
+    stream = Stream(["p", "q"], lambda stream: None, stats, False, True)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    stream.attach(SocketTransport(ours, HEAD, True, False, stats))
+    client = Client(theirs)
+    p, q = project_tag("p"), project_tag("q")
+
+    def offer(slug, version, statuses, base=None, updates=None):
+        snapshot = Snapshot.build(slug, Position("e", version), statuses)
+        assert stream.offer(Change(snapshot, base and Position("e", base), updates))
+        before = len(client.received)
+        client.read()
+        return bytes(client.received[before:])
+
+    assert offer("p", 1, {"A1": "sold"}).endswith(
+        b'data: {"project": "p", "statuses": {"A1": "sold"}}\nid: ~e.%s1\n\n\r\n' % p.encode())
+    said = offer("q", 4, {"B1": "sold"})
+    assert b'"project": "q"' in said and b"id: ~e.%s1.%s4\n\n" % (p.encode(), q.encode()) in said
+    said = offer("p", 2, {"A1": "available"}, 1, {"A1": "available"})
+    assert said.endswith(b'data: {"project": "p", "updates": {"A1": "available"}}\n'
+                         b'id: ~e.%s2.%s4\n\n\r\n' % (p.encode(), q.encode()))
+    stream.offer(Ping(Wire(b": ping\n\n")))               # a ping says no id
+    client.read()
+    assert client.received.endswith(b": ping\n\n\r\n")
 
 
 def test_a_message_the_socket_takes_in_part_is_finished_by_the_event_loop_in_order():

@@ -219,8 +219,9 @@ def test_a_client_that_hangs_up_is_heard_at_once_whatever_it_sent_before():
 
 
 
-def bare_transport(gzip_body=False, chunked=True, window=4096):
-    """A SocketTransport on its own (no Stream in front): what its own guards do."""
+def bare_transport(gzip_body=False, chunked=True, window=4096, started=True):
+    """A SocketTransport on its own (no Stream in front, unless `started` is False and a
+    test attaches one): what its own guards do."""
     ours, theirs = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, window)
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, window)
@@ -229,7 +230,8 @@ def bare_transport(gzip_body=False, chunked=True, window=4096):
     events, stats = [], StreamStats()
     head = HEAD if chunked else b"HTTP/1.0 200 OK\r\n\r\n"
     transport = SocketTransport(ours, head, chunked, gzip_body, stats)
-    transport.start(events.append)
+    if started:
+        transport.start(events.append)
     return transport, Client(theirs), stats, events
 
 
@@ -314,6 +316,27 @@ def test_a_writer_closed_gives_back_its_socket_and_says_nothing_more():
     assert events == [StreamEvent.SHORT_WRITE, StreamEvent.LOST] and stats.buffered == 0
     client.sock.close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+
+def test_a_stream_closed_or_ended_before_its_writer_came_tells_the_writer_so():
+    overflowed = Stream(["p"], lambda stream: None, StreamStats())
+    for _ in range(STREAM_QUEUE_SIZE + 1):
+        overflowed.say(message(1))
+    assert overflowed.state is StreamState.CLOSED
+    assert overflowed.say(message(1)) is True              # late news: ignored, not a drop
+    transport, client, _, _ = bare_transport(started=False)
+    overflowed.attach(transport)
+    client.read_to_the_end()                              # hung up on at once
+    assert client.received == b""
+
+    ended = Stream(["p"], lambda stream: None, StreamStats())
+    ended.say(Wire(b"event: connected\ndata: {}\n\n"))
+    ended.end(b"retry: 3000\n\n")
+    transport, client, _, _ = bare_transport(started=False)
+    ended.attach(transport)
+    client.read_to_the_end()
+    assert client.body() == (b"event: connected\ndata: {}\n\nretry: 3000\n\n", True)
 
 
 def queued(gzip_body: bool = False):

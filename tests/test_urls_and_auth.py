@@ -5,7 +5,13 @@ import base64
 
 import pytest
 
-from public_service import auth_headers, join_status_url, split_userinfo
+from public_service import (
+    BadProjectList,
+    auth_headers,
+    join_status_url,
+    parse_project_list,
+    split_userinfo,
+)
 
 
 @pytest.mark.parametrize(("base", "endpoint", "url"), [
@@ -72,3 +78,23 @@ def test_unusable_auth_settings_raise_without_the_secret(auth_type, credentials)
 def test_a_credential_that_is_a_boolean_is_unusable():
     with pytest.raises(ValueError, match="'token' is not a string"):
         auth_headers("bearer", {"token": True}, None)
+
+
+@pytest.mark.parametrize(("value", "slugs"), [
+    ("a", ["a"]), ("a,b,c", ["a", "b", "c"]), ("b,a,b,a", ["b", "a"]),     # each once, in order
+    (",".join(f"p{n}" for n in range(3)), ["p0", "p1", "p2"]),
+    ("a,a,a,a,b", ["a", "b"]),                      # more names than the limit, few projects
+    ("x" * 128, ["x" * 128]),
+    (",".join(c * 128 for c in "xyz"), [c * 128 for c in "xyz"]),   # the longest list there is
+])
+def test_a_project_list_gives_each_slug_once_in_order(value, slugs):
+    assert parse_project_list(value, limit=3) == slugs
+
+
+@pytest.mark.parametrize("value", [
+    None, "", "a,b,c,d", "a,,b", "a,", "A", "a b", "-a", "x" * 129, "a;b", "a," + "x" * 400,
+])
+def test_a_project_list_that_is_not_one_is_refused_saying_what_one_is(value):
+    with pytest.raises(BadProjectList) as raised:
+        parse_project_list(value, limit=3)
+    assert raised.value.public == "projects: 1 to 3 project slugs, comma-separated"

@@ -110,6 +110,14 @@ def test_an_absolute_target_is_taken_by_its_path():
     assert (request.path, request.query) == ("/api/public/x/status", "q=1")
 
 
+def test_the_asterisk_target_is_for_options_only():
+    assert parse_head(b"OPTIONS * HTTP/1.1\r\nHost: x").path == "*"
+    for head in (b"GET * HTTP/1.1\r\nHost: x", b"OPTIONS ** HTTP/1.1\r\nHost: x"):
+        with pytest.raises(RequestRefused) as refused:
+            parse_head(head)
+        assert refused.value.status == 400
+
+
 @pytest.mark.parametrize(("line_length", "status"), [(REQUEST_LINE_LIMIT, None), (REQUEST_LINE_LIMIT + 1, 414)])
 def test_the_request_line_is_bounded(line_length, status):
     line = b"GET /" + b"q" * (line_length - len(b"GET / HTTP/1.1")) + b" HTTP/1.1"

@@ -173,3 +173,25 @@ def test_a_head_over_its_bounds_is_refused_before_it_is_complete(head, status):
             received += head[start:start + 1000]
             partial.check(received)
     assert refused.value.status == status
+
+
+LONGEST_HEADS = {           # each at the bounds parse_head accepts, and not a byte more
+    "request line": b"GET /" + b"a" * (REQUEST_LINE_LIMIT - 14) + b" HTTP/1.1\r\nHost: x",
+    "header field": b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * (HEADER_FIELD_LIMIT - 5),
+    "header fields": b"GET / HTTP/1.1\r\nHost: x" + b"\r\nA: b" * (HEADER_FIELDS_LIMIT - 1),
+}
+
+
+@pytest.mark.parametrize("tail", [b"", b"\r", b"\r\n", b"\r\n\r"], ids=["-", "CR", "CRLF", "CRLFCR"])
+@pytest.mark.parametrize("step", [1, 7, 1000, 1 << 20])
+@pytest.mark.parametrize("name", LONGEST_HEADS)
+def test_a_head_within_its_bounds_is_never_refused_early_whatever_the_reads(name, step, tail):
+    head = LONGEST_HEADS[name]
+    parse_head(head)                                          # within the bounds
+    with pytest.raises(RequestRefused):                       # and one byte more is not
+        parse_head(head[:5] + b"a" + head[5:] if name == "request line" else
+                   head + (b"a" if name == "header field" else b"\r\nA: b"))
+    partial, received = PartialHead(), bytearray()
+    for start in range(0, len(head + tail), step):            # still coming in: not refused
+        received += (head + tail)[start:start + step]
+        partial.check(received)

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import time
 
 import pytest
 import requests
@@ -293,6 +294,13 @@ def test_a_validator_of_exactly_the_longest_length_is_kept(upstream_client, mock
     assert upstream_client.get(make_project()).validators.etag == etag
 
 
-def test_a_retry_after_date_without_a_zone_is_read_as_utc():
-    # "-0000" says the zone is unknown; parsedate_to_datetime gives a naive time for it
-    assert retry_after_seconds("Thu, 01 Jan 1970 00:00:30 -0000", now=0, cap=60) == 30
+def test_a_retry_after_date_without_a_zone_is_read_as_utc(monkeypatch):
+    # "-0000" says the zone is unknown; parsedate_to_datetime gives a naive time for it,
+    # which must not be taken as the machine's local time
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert retry_after_seconds("Thu, 01 Jan 1970 00:00:30 -0000", now=0, cap=60) == 30
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -1691,6 +1691,7 @@ class LocalStore(Store):
         self.epoch = f"{random.getrandbits(40):010x}"
         self._stored: dict[str, _Stored] = {}
         self._history: dict[str, History] = {}
+        self._lines: dict[str, str] = {}       # the epoch of each project's last line of its own
         self._refreshed_at: dict[str, float] = {}
         self._held_until: dict[str, float] = {}
 
@@ -1718,8 +1719,13 @@ class LocalStore(Store):
             return previous
         # A change to a shared line while this worker is alone starts a line of its own,
         # as a step from the shared version: its streams get the change, not everything.
-        own_line = previous is not None and previous.position.epoch == self.epoch
-        position = Position(self.epoch, previous.position.version + 1 if own_line else 1)
+        # A project's second line of its own (a second spell alone) takes a new epoch:
+        # its versions start at 1 again, and must not be the first line's ids.
+        line = self._lines.get(slug, self.epoch)
+        own_line = previous is not None and previous.position.epoch == line
+        if not own_line:
+            line = self._lines[slug] = self.epoch if slug not in self._lines else f"{random.getrandbits(40):010x}"
+        position = Position(line, previous.position.version + 1 if own_line else 1)
         snapshot = Snapshot.build(slug, position, fetched.statuses, fetched.encoded)
         self.install(Change(snapshot, previous.position if previous else None, fetched.updates),
                      self._clock(), fetched.validators)

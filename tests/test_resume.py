@@ -167,6 +167,21 @@ def test_a_change_to_a_shared_line_starts_a_line_of_its_own_stepping_from_it(sto
     assert store.changes_since("p", at(17, "shared")) is None       # resume never crosses epochs
 
 
+def test_a_second_spell_alone_never_gives_out_an_id_of_the_first(store):
+    """Found by `make chaos` (seed 1): a worker alone twice (Redis restarted empty, later
+    stopped) began its line of its own at `<its epoch>-1` both times, for two different
+    boards; a client holding the first spell's id was taken as current in the second."""
+    shared = Snapshot.build("p", at(6, "shared"), {"A1": "sold"})
+    store.install(Change(shared, None, None), 0, None, History(10))
+    first = commit(store, {"A1": "available"})                     # alone: a line of its own
+    back = Snapshot.build("p", at(7, "shared"), {"A1": "reserved", "A2": "sold"})
+    store.install(Change(back, None, None), 0, None, History(10))   # shared again
+    second = commit(store, {"A1": "hidden", "A2": "sold"})          # alone again
+    assert second.id != first.id
+    assert store.changes_since("p", first.position) is None        # its client gets it all
+    assert commit(store, {"A1": "sold", "A2": "sold"}).position == Position(second.position.epoch, 2)
+
+
 def test_a_multiplexed_id_names_each_project_by_a_tag_of_its_own():
     held = {"harbour-view": at(7, "aa"), "marina-point": at(3, "bb"), "not-yet": None}
     text = mux_event_id(held)

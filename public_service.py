@@ -3029,8 +3029,9 @@ def open_stream(fanout: Fanout, store: Store, slugs: list[str], last_event_id: s
                 gzip: bool, unknown: Iterable[str] = (), mux: bool = False) -> Stream:
     """A new stream, its first messages said, subscribed: `connected`, then per project
     its snapshot, or for a client resuming from `last_event_id` what it missed (one
-    bulk_update, possibly empty, or nothing if it is current). StreamsFull when the worker
-    takes no more.
+    bulk_update, possibly empty, or nothing if it is current, or ahead of this worker in
+    the shared line: it keeps what it has until this worker has news). StreamsFull when
+    the worker takes no more.
     Read and subscribed without a pause between: no change can fall between the two."""
     stream = Stream(slugs, fanout.remove, fanout.stats, gzip, mux)
     claimed = ({slug: position for slug in slugs
@@ -3045,6 +3046,11 @@ def open_stream(fanout: Fanout, store: Store, slugs: list[str], last_event_id: s
         resumed[slug] = changes is not None
         if snapshot is None:
             continue
+        if changes is None and store.shared and held is not None \
+                and held.epoch == snapshot.position.epoch and held.version > snapshot.position.version:
+            stream.hold(slug, held)              # ahead of this worker in the shared line (Redis
+            continue                             # lost a commit another worker had sent): it is
+                                                 # never sent back in time
         if changes is None:
             said.append((slug, snapshot.mux_event if mux else snapshot.event, snapshot.position))
         elif held != snapshot.position:          # behind: what changed since, with the current id

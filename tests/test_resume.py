@@ -182,6 +182,32 @@ def test_a_second_spell_alone_never_gives_out_an_id_of_the_first(store):
     assert commit(store, {"A1": "sold", "A2": "sold"}).position == Position(second.position.epoch, 2)
 
 
+def test_a_client_ahead_of_this_worker_is_not_sent_back_to_an_older_version(store):
+    """Found by `make chaos` (seed 11): Redis, restarted empty, lost a commit (version 6)
+    whose message had reached one worker only. A client that had 6 there reconnected to a
+    worker still at 5 and got 5's whole snapshot: its board went back in time. Nothing is
+    said until this worker has news; the client keeps what it has."""
+    for status in ("available", "reserved", "sold", "hidden", "unreleased"):
+        fifth = commit(store, {"A1": status})
+    store.shared = True                                            # as a mirror of Redis is
+    ahead = Position(store.epoch, 6)
+    fanout = public_service.Fanout(public_service.Config.from_env({"DATABASE_URL": "x"}),
+                                   public_service.Metrics(), lambda slug: None)
+    stream = public_service.open_stream(fanout, store, ["p"], str(ahead), gzip=False)
+    [connected] = stream._early
+    assert b'"resumed": false' in connected.plain and stream.held["p"] == ahead
+    fanout.publish(Change(fifth, None, None))                      # nothing newer: nothing
+    assert len(stream._early) == 1
+    newer = Snapshot.build("p", at(1, "next"), {"A1": "sold"})     # a new line: taken whole
+    fanout.publish(Change(newer, None, None))
+    assert b"status_update" in stream._early[-1].plain and stream.held["p"] == newer.position
+    stream.abort()
+    store.shared = False                        # alone, a future id is garbage: a first connect
+    stream = public_service.open_stream(fanout, store, ["p"], str(ahead), gzip=False)
+    assert b"status_update" in stream._early[-1].plain and stream.held["p"] == fifth.position
+    stream.abort()
+
+
 def test_a_multiplexed_id_names_each_project_by_a_tag_of_its_own():
     held = {"harbour-view": at(7, "aa"), "marina-point": at(3, "bb"), "not-yet": None}
     text = mux_event_id(held)

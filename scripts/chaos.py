@@ -109,6 +109,11 @@ def log(message: str) -> None:
 
 # --------------------------------------------------------------------------- the client APIs
 
+class QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A caller that hung up (a fetch that timed out, a worker killed) is no news."""
+
+
 class ClientAPI:
     """Three projects' client APIs on one loopback server. Each project's units change at
     random (drawn from the seed: which units, to what, after how long); every state is
@@ -128,7 +133,7 @@ class ClientAPI:
         for slug, words in VOCABULARIES.items():
             self.raw[slug] = {f"U{n:02d}": self.rng.choice(list(words)) for n in range(1, UNITS + 1)}
             self.truth[slug] = [(now, self.normalized(slug))]
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._stop = threading.Event()
@@ -928,7 +933,7 @@ def run(args) -> int:
     short = args.short
     seconds = args.seconds
     raw_count, lossy_count = (120, 30) if short else (240, 60)
-    lanes = args.lanes or (1 if short else 3)
+    lanes = args.lanes or (1 if short else 2)
     started = time.monotonic()
     log(f"seed {seed}; {seconds:.0f}s of faults on {lanes} lane(s); checkout {root}")
     log(f"convergence bound: {BOUND_TEXT}")

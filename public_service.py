@@ -1588,7 +1588,10 @@ class Store(Protocol):
 
     # Resume: the units changed since a position of the current epoch, each with its
     # current status ({} at the current position); None when the history cannot tell.
+    # Whether a client holds a newer version of a line this worker did not make (another
+    # worker was ahead of it, and Redis lost that commit or its message is on its way).
     def changes_since(self, slug: str, held: Position) -> dict[str, str] | None: ...
+    def ahead(self, slug: str, held: Position) -> bool: ...
 
     # Fetches: run `do_fetch` as the deployment's one fetch of the project, or join the
     # one under way elsewhere; 0 if a forced refresh may fetch now, else seconds to wait;
@@ -1760,6 +1763,15 @@ class LocalStore(Store):
         if units is None:
             return None
         return {unit: snapshot.statuses.get(unit, "hidden") for unit in units}
+
+    def ahead(self, slug: str, held: Position) -> bool:
+        """A newer id of this store's own line was never given out: it is garbage, and
+        its client gets a first connect. Only a line made elsewhere (a mirror's of
+        Redis) may be ahead of this worker."""
+        snapshot = self.read(slug)[0]
+        return (snapshot is not None and held.epoch == snapshot.position.epoch
+                and held.version > snapshot.position.version
+                and held.epoch not in (self.epoch, self._lines.get(slug)))
 
     def fetch(self, slug, timeout, do_fetch):
         return do_fetch()
@@ -2144,6 +2156,7 @@ class SharedStore(Store):
         self._arrivals: dict[str, gevent.event.AsyncResult] = {}  # a fetch elsewhere: its end
         self._loads = SingleFlight()
         self.read, self.validators, self.changes_since = mirror.read, mirror.validators, mirror.changes_since
+        self.ahead = mirror.ahead
 
     def __repr__(self) -> str:
         return f"<SharedStore as {self._me}>"
@@ -2364,6 +2377,7 @@ class RedisLink(Store):
         # Reads are the mirror's, shared or alone: no I/O either way.
         self.read, self.validators, self.changes_since = (
             self.alone.read, self.alone.validators, self.alone.changes_since)
+        self.ahead = self.alone.ahead
         self._closed = False
         self._follower = gevent.spawn(self._follow)
 
@@ -3046,11 +3060,9 @@ def open_stream(fanout: Fanout, store: Store, slugs: list[str], last_event_id: s
         resumed[slug] = changes is not None
         if snapshot is None:
             continue
-        if changes is None and store.shared and held is not None \
-                and held.epoch == snapshot.position.epoch and held.version > snapshot.position.version:
-            stream.hold(slug, held)              # ahead of this worker in the shared line (Redis
-            continue                             # lost a commit another worker had sent): it is
-                                                 # never sent back in time
+        if changes is None and held is not None and store.ahead(slug, held):
+            stream.hold(slug, held)              # ahead of this worker in a shared line: it is
+            continue                             # never sent back in time
         if changes is None:
             said.append((slug, snapshot.mux_event if mux else snapshot.event, snapshot.position))
         elif held != snapshot.position:          # behind: what changed since, with the current id

@@ -408,43 +408,40 @@ def recovery_times(clients: list[Client], truth: dict, faults: list[Fault]) -> d
     every project it watches shows a state the client API held at or after the heal
     (clients away of their own accord at the heal are not waited for)."""
     result: dict[str, list[float]] = {}
-    histories = [(c, list(boards(c))) for c in clients if c.kind not in ("get",)]
+    watched = []                          # (client, slug, times, boards)
+    for client in clients:
+        if client.kind == "get":
+            continue
+        by_slug: dict[str, tuple[list[float], list[dict]]] = {}
+        for record, board in boards(client):
+            times, states = by_slug.setdefault(record.slug, ([], []))
+            times.append(record.t)
+            states.append(board)
+        # when it left of its own accord (a phone asleep), and when it came back
+        turns = [(r.t, r.kind == "closed" and r.payload == "left") for r in client.records
+                 if r.kind in ("open", "closed")]
+        asleep = ([t for t, _ in turns], [away for _, away in turns])
+        watched += [(asleep, slug, times, states) for slug, (times, states) in by_slug.items()]
     for fault in faults:
         worst = 0.0
-        for client, seen in histories:
-            if _asleep(client, fault.end):
-                continue
-            for slug in {r.slug for r, _ in seen}:
-                mine = [(r.t, b) for r, b in seen if r.slug == slug]
-                took = _current_after(mine, truth[slug], fault.end)
-                worst = max(worst, took)
+        for (turned, away), slug, times, states in watched:
+            at = bisect.bisect_right(turned, fault.end)
+            if not (at and away[at - 1]):       # asleep at the heal: not waited for
+                worst = max(worst, _current_after(times, states, truth[slug], fault.end))
         result.setdefault(fault.kind, []).append(worst)
     return result
 
 
-def _asleep(client: Client, t: float) -> bool:
-    """Whether the client had left of its own accord (a phone asleep) at `t`."""
-    last = None
-    for record in client.records:
-        if record.t > t:
-            break
-        if record.kind in ("open", "closed"):
-            last = record
-    return last is not None and last.kind == "closed" and last.payload == "left"
-
-
-def _current_after(seen: list[tuple[float, dict]], timeline: list[tuple[float, dict]], heal: float) -> float:
-    """Seconds after `heal` until the board shows a state the client API held at or after
-    the heal (it may already at the heal: 0); inf if never."""
-    board = None
-    for t, state in seen:
-        if t > heal:
-            break
-        board = state
-    if board is not None and board == state_at(timeline, heal):
+def _current_after(times: list[float], states: list[dict], timeline: list[tuple[float, dict]],
+                   heal: float) -> float:
+    """Seconds after `heal` until the board (`states`, shown at `times`) shows a state
+    the client API held at or after the heal (it may already at the heal: 0); inf if
+    never."""
+    at = bisect.bisect_right(times, heal)
+    if at and states[at - 1] == state_at(timeline, heal):
         return 0.0
-    for t, state in seen:
-        if t > heal and state in states_between(timeline, heal, t):
+    for t, state in zip(times[at:], states[at:], strict=True):
+        if state in states_between(timeline, heal, t):
             return t - heal
     return math.inf
 

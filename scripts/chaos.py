@@ -906,6 +906,13 @@ def leftovers(deployment: Deployment, baseline: dict) -> list[check.Violation]:
             baseline.setdefault(f"rss_kb:{instance.name}/{pid}", baseline["fresh_rss_kb"])
     # Pools may keep what they opened: the database's (5), Redis's (50), the client APIs'.
     allowance = {"fds": (80, 1.0), "rss_kb": (40_000, 1.5)}
+    worst = {kind: max((v for k, v in after.items() if k.startswith(kind + ":")), default=0)
+             for kind in ("open_streams", "pollers", "watched_projects", "sockets", "fds", "rss_kb")}
+    log(f"after every client left: {worst['open_streams']:g} streams, {worst['pollers']:g} pollers, "
+        f"{worst['watched_projects']:g} watched projects, {after['leases:redis']:g} leases, "
+        f"{worst['sockets']:g} client sockets at most per worker; descriptors {worst['fds']:g} "
+        f"(a fresh worker {baseline['fresh_fds']}), memory {worst['rss_kb'] / 1024:.0f} MB "
+        f"(a fresh worker {baseline['fresh_rss_kb'] / 1024:.0f} MB) at most")
     return check.check_leftovers(baseline, after, allowance)
 
 
@@ -1046,12 +1053,25 @@ def report(faults, clients, api, figures, violations, seed, home, wall, short) -
     for fault in faults:
         counts[fault.kind] = counts.get(fault.kind, 0) + 1
     recovery = check.recovery_times(clients, api.truth, faults)
-    log("per fault kind: count; seconds until every client is current again p50 / p99 / max")
+    # A fault is alone when no other began before every client was current again: its
+    # figure is its own, not that of the faults after it.
+    alone: dict[str, list[float]] = {}
+    order = {kind: iter(times) for kind, times in recovery.items()}
+    for fault in faults:
+        took = next(order[fault.kind])
+        if not any(other is not fault and fault.start <= other.start <= fault.end + took for other in faults):
+            alone.setdefault(fault.kind, []).append(took)
+    log("per fault kind: count; seconds until every client is current again p50 / p99 / max, "
+        "of all of them and of those alone (how many)")
     summary = {}
     for kind in KINDS:
         p50, p99, top = check.percentiles(recovery.get(kind, []))
-        summary[kind] = {"count": counts.get(kind, 0), "p50": p50, "p99": p99, "max": top}
-        log(f"  {kind:<18} {counts.get(kind, 0):>4}   {p50:6.2f} {p99:6.2f} {top:6.2f}")
+        a50, a99, atop = check.percentiles(alone.get(kind, []))
+        summary[kind] = {"count": counts.get(kind, 0), "p50": p50, "p99": p99, "max": top,
+                         "alone": len(alone.get(kind, [])), "alone_p50": a50, "alone_p99": a99,
+                         "alone_max": atop}
+        log(f"  {kind:<18} {counts.get(kind, 0):>4}   {p50:6.2f} {p99:6.2f} {top:6.2f}   "
+            f"{a50:6.2f} {a99:6.2f} {atop:6.2f} ({len(alone.get(kind, []))})")
     took = list(figures["converged"].values())
     if took:
         p50, p99, top = check.percentiles(took)

@@ -345,7 +345,9 @@ def check_lost(clients: list[Client], truth: dict, faults: list[Fault], poll: fl
                 times, statuses = indexes[client.name].get((slug, unit), ([], []))
                 first = bisect.bisect_left(times, since - 0.05)
                 last = bisect.bisect_right(times, until + delay)
-                if status in statuses[first:last]:
+                # shown in the spell, or still shown from before it (the unit left the
+                # status for a moment too short to be required, and came back)
+                if status in statuses[max(first - 1, 0):last]:
                     continue
                 violations.append(Violation(
                     "lost", client.name, since,

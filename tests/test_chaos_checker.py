@@ -107,6 +107,15 @@ def test_a_change_a_connected_client_never_saw_is_lost():
     assert "U1 was 'reserved'" in violation.message
 
 
+def test_a_status_still_shown_when_its_spell_comes_again_is_not_lost():
+    """Found by a chaos-short run (seed 757151): U2 left `sold` for 0.4 s (too short to
+    be required) and came back; the client, still showing `sold`, had it."""
+    flicker = {"p": [(0.0, A), (10.0, B), (10.4, C), (10.8, B)]}
+    steady = client((0.3, "connected", "p"), (0.5, "full", "p", "e1-1", A),
+                    (10.6, "delta", "p", "e1-2", {"U1": "reserved"}))
+    assert check_lost([steady], flicker, [], POLL, delay=5.0, end=40.0) == []
+
+
 def test_a_change_while_the_service_was_faulted_or_the_client_away_is_not_required():
     missed = client((0.3, "connected", "p"), (0.5, "full", "p", "e1-1", A), (9.0, "closed", "p"),
                     (20.4, "connected", "p"), (20.6, "full", "p", "e1-3", C))

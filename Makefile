@@ -5,7 +5,8 @@ VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 PORT   ?= 8000
 
-.PHONY: run demo-clean test test-fast bench bench-full shapes idle storm attack lint mutate clean
+.PHONY: run demo-clean test test-fast bench bench-full shapes idle storm attack lint mutate clean \
+        chaos chaos-short chaos-plants chaos-ready
 
 run: $(VENV)/.runtime
 	PATH="$(abspath $(VENV))/bin:$$PATH" PORT=$(PORT) $(PYTHON) demo.py
@@ -28,6 +29,7 @@ test: $(VENV)/.dev
 	scripts/ensure-tool.sh debootstrap
 	scripts/ensure-tool.sh promtool prometheus
 	$(PYTHON) -m pytest -n 3 --dist loadfile   # files side by side: the suite mostly waits on its processes
+	$(MAKE) --no-print-directory chaos-short
 
 # The in-process tests alone: no gunicorn, no browser. They still read the real
 # PostgreSQL, and one runs a redis-server of its own, so both are made ready first.
@@ -63,6 +65,34 @@ storm attack: $(VENV)/.dev
 	scripts/ensure-services.sh
 	scripts/ensure-tool.sh redis-server
 	$(PYTHON) bench/$@.py
+
+# Proof under faults (docs/chaos.md): the deployment as people run it (nginx, two
+# instances of two workers, Redis, PostgreSQL), a few hundred real clients, a seeded
+# nemesis, and a checker of what every client saw. CHAOS_SECONDS of faults (600) and
+# CHAOS_SEED (random, printed) set the run; chaos-short is CI's (under 90 s, the last
+# step of `make test`); chaos-plants runs a short one against each planted bug.
+CHAOS_SECONDS ?= 600
+CHAOS_SEED    ?=
+
+chaos: chaos-ready
+	CHAOS_SEED=$(CHAOS_SEED) $(PYTHON) scripts/chaos.py run --seconds $(CHAOS_SECONDS)
+
+chaos-short: chaos-ready
+	CHAOS_SEED=$(CHAOS_SEED) $(PYTHON) scripts/chaos.py run --short --seconds 40
+
+chaos-plants: chaos-ready
+	CHAOS_SEED=$(CHAOS_SEED) $(PYTHON) scripts/chaos.py plants --seconds 40
+
+chaos-ready: $(VENV)/.dev
+	scripts/ensure-tool.sh nginx
+	scripts/ensure-tool.sh redis-server
+	scripts/ensure-tool.sh chromium
+	scripts/ensure-tool.sh iptables
+	scripts/ensure-tool.sh tc iproute2
+	scripts/ensure-tool.sh initdb postgresql || ls /usr/lib/postgresql/*/bin/initdb
+	scripts/ensure-tool.sh node nodejs
+	scripts/ensure-tool.sh npm
+	test -d tests/node/node_modules/eventsource || (cd tests/node && npm ci --silent --no-audit --no-fund)
 
 lint: $(VENV)/.dev
 	$(PYTHON) -m ruff check .

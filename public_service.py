@@ -1588,7 +1588,10 @@ class Store(Protocol):
 
     # Resume: the units changed since a position of the current epoch, each with its
     # current status ({} at the current position); None when the history cannot tell.
+    # Whether a client holds a newer version of a line this worker did not make (another
+    # worker was ahead of it, and Redis lost that commit or its message is on its way).
     def changes_since(self, slug: str, held: Position) -> dict[str, str] | None: ...
+    def ahead(self, slug: str, held: Position) -> bool: ...
 
     # Fetches: run `do_fetch` as the deployment's one fetch of the project, or join the
     # one under way elsewhere; 0 if a forced refresh may fetch now, else seconds to wait;
@@ -1693,6 +1696,7 @@ class LocalStore(Store):
         self.new_line()
         self._stored: dict[str, _Stored] = {}
         self._history: dict[str, History] = {}
+        self._lines: dict[str, str] = {}       # the epoch of each project's last line of its own
         self._refreshed_at: dict[str, float] = {}
         self._held_until: dict[str, float] = {}
 
@@ -1723,8 +1727,13 @@ class LocalStore(Store):
             return previous
         # A change to a shared line while this worker is alone starts a line of its own,
         # as a step from the shared version: its streams get the change, not everything.
-        own_line = previous is not None and previous.position.epoch == self.epoch
-        position = Position(self.epoch, previous.position.version + 1 if own_line else 1)
+        # A project's second line of its own (a second spell alone) takes a new epoch:
+        # its versions start at 1 again, and must not be the first line's ids.
+        line = self._lines.get(slug, self.epoch)
+        own_line = previous is not None and previous.position.epoch == line
+        if not own_line:
+            line = self._lines[slug] = self.epoch if slug not in self._lines else f"{random.getrandbits(40):010x}"
+        position = Position(line, previous.position.version + 1 if own_line else 1)
         snapshot = Snapshot.build(slug, position, fetched.statuses, fetched.encoded)
         self.install(Change(snapshot, previous.position if previous else None, fetched.updates),
                      self._clock(), fetched.validators)
@@ -1759,6 +1768,15 @@ class LocalStore(Store):
         if units is None:
             return None
         return {unit: snapshot.statuses.get(unit, "hidden") for unit in units}
+
+    def ahead(self, slug: str, held: Position) -> bool:
+        """A newer id of this store's own line was never given out: it is garbage, and
+        its client gets a first connect. Only a line made elsewhere (a mirror's of
+        Redis) may be ahead of this worker."""
+        snapshot = self.read(slug)[0]
+        return (snapshot is not None and held.epoch == snapshot.position.epoch
+                and held.version > snapshot.position.version
+                and held.epoch not in (self.epoch, self._lines.get(slug)))
 
     def fetch(self, slug, timeout, do_fetch):
         return do_fetch()
@@ -2148,6 +2166,7 @@ class SharedStore(Store):
         self._arrivals: dict[str, gevent.event.AsyncResult] = {}  # a fetch elsewhere: its end
         self._loads = SingleFlight()
         self.read, self.validators, self.changes_since = mirror.read, mirror.validators, mirror.changes_since
+        self.ahead = mirror.ahead
 
     def __repr__(self) -> str:
         return f"<SharedStore as {self._me}>"
@@ -2403,6 +2422,7 @@ class RedisLink(Store):
         # Reads are the mirror's, shared or alone: no I/O either way.
         self.read, self.validators, self.changes_since = (
             self.alone.read, self.alone.validators, self.alone.changes_since)
+        self.ahead = self.alone.ahead
         self._closed = False
         self._follower = gevent.spawn(self._follow)
 
@@ -3067,8 +3087,9 @@ def open_stream(fanout: Fanout, store: Store, slugs: list[str], last_event_id: s
                 gzip: bool, unknown: Iterable[str] = (), mux: bool = False) -> Stream:
     """A new stream, its first messages said, subscribed: `connected`, then per project
     its snapshot, or for a client resuming from `last_event_id` what it missed (one
-    bulk_update, possibly empty, or nothing if it is current). StreamsFull when the worker
-    takes no more.
+    bulk_update, possibly empty, or nothing if it is current, or ahead of this worker in
+    the shared line: it keeps what it has until this worker has news). StreamsFull when
+    the worker takes no more.
     Read and subscribed without a pause between: no change can fall between the two."""
     stream = Stream(slugs, fanout.remove, fanout.stats, gzip, mux)
     claimed = ({slug: position for slug in slugs
@@ -3083,6 +3104,9 @@ def open_stream(fanout: Fanout, store: Store, slugs: list[str], last_event_id: s
         resumed[slug] = changes is not None
         if snapshot is None:
             continue
+        if changes is None and held is not None and store.ahead(slug, held):
+            stream.hold(slug, held)              # ahead of this worker in a shared line: it is
+            continue                             # never sent back in time
         if changes is None:
             said.append((slug, snapshot.mux_event if mux else snapshot.event, snapshot.position))
         elif held != snapshot.position:          # behind: what changed since, with the current id

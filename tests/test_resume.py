@@ -168,6 +168,53 @@ def test_a_change_to_a_shared_line_starts_a_line_of_its_own_stepping_from_it(sto
     assert store.changes_since("p", at(17, "shared")) is None       # resume never crosses epochs
 
 
+def test_a_second_spell_alone_never_gives_out_an_id_of_the_first(store):
+    """Found by `make chaos` (seed 1): a worker alone twice (Redis restarted empty, later
+    stopped) began its line of its own at `<its epoch>-1` both times, for two different
+    boards; a client holding the first spell's id was taken as current in the second."""
+    shared = Snapshot.build("p", at(6, "shared"), {"A1": "sold"})
+    store.install(Change(shared, None, None), 0, None, History(10))
+    first = commit(store, {"A1": "available"})                     # alone: a line of its own
+    back = Snapshot.build("p", at(7, "shared"), {"A1": "reserved", "A2": "sold"})
+    store.install(Change(back, None, None), 0, None, History(10))   # shared again
+    second = commit(store, {"A1": "hidden", "A2": "sold"})          # alone again
+    assert second.id != first.id
+    assert store.changes_since("p", first.position) is None        # its client gets it all
+    assert commit(store, {"A1": "sold", "A2": "sold"}).position == Position(second.position.epoch, 2)
+
+
+def test_a_client_ahead_of_this_worker_is_not_sent_back_to_an_older_version(store):
+    """Found by `make chaos` (seeds 11 and 424242): a worker one version behind the shared
+    line (Redis, restarted empty, lost a commit whose message had reached another worker;
+    or the message was still on its way) answered a client that had the newer version
+    with its older snapshot: the board went back in time. Nothing is said until this
+    worker has news; the client keeps what it has."""
+    fifth = Snapshot.build("p", at(5, "shared"), {"A1": "sold"})
+    store.install(Change(fifth, None, None), 0, None, History(10))  # as a mirror of Redis
+    ahead = at(6, "shared")
+    fanout = public_service.Fanout(public_service.Config.from_env({"DATABASE_URL": "x"}),
+                                   public_service.Metrics(), lambda slug: None)
+    stream = public_service.open_stream(fanout, store, ["p"], str(ahead), gzip=False)
+    [connected] = stream._early
+    assert b'"resumed": false' in connected.plain and stream.held["p"] == ahead
+    fanout.publish(Change(fifth, None, None))                      # nothing newer: nothing
+    assert len(stream._early) == 1
+    newer = Snapshot.build("p", at(1, "next"), {"A1": "available"})  # a new line: taken whole
+    fanout.publish(Change(newer, None, None))
+    assert b"status_update" in stream._early[-1].plain and stream.held["p"] == newer.position
+    stream.abort()
+
+
+def test_a_newer_id_of_this_workers_own_line_is_a_first_connect(store):
+    mine = commit(store, {"A1": "sold"})
+    fanout = public_service.Fanout(public_service.Config.from_env({"DATABASE_URL": "x"}),
+                                   public_service.Metrics(), lambda slug: None)
+    forged = str(at(mine.position.version + 5, mine.position.epoch))
+    stream = public_service.open_stream(fanout, store, ["p"], forged, gzip=False)
+    assert b"status_update" in stream._early[-1].plain and stream.held["p"] == mine.position
+    stream.abort()
+
+
 def test_a_multiplexed_id_names_each_project_by_a_tag_of_its_own():
     held = {"harbour-view": at(7, "aa"), "marina-point": at(3, "bb"), "not-yet": None}
     text = mux_event_id(held)

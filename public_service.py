@@ -1680,9 +1680,10 @@ class LocalStore(Store):
     nothing is elsewhere (`sync`, `release_poll` and `close`: the protocol's no-ops).
 
     Its epoch is its own, made when it is: versions start again at 1 after a restart,
-    and so do ids, under another epoch. As a mirror of Redis, it is given a new epoch for
-    each spell alone (`new_line`), so that no id is given out twice. It keeps each
-    project's History.
+    and so do ids, under another epoch. As a mirror of Redis, each spell alone starts a
+    project's line of its own from the shared version, and a second one takes a new
+    epoch, so that no id is given out twice (`made_here`). It keeps each project's
+    History.
     """
 
     shared = False
@@ -1693,7 +1694,7 @@ class LocalStore(Store):
         self._on_change = on_change
         self._clock = clock
         self._history_bound = history
-        self.new_line()
+        self.epoch = f"{random.getrandbits(40):010x}"
         self._stored: dict[str, _Stored] = {}
         self._history: dict[str, History] = {}
         self._lines: dict[str, str] = {}       # the epoch of each project's last line of its own
@@ -1705,9 +1706,6 @@ class LocalStore(Store):
         if stored is None:
             return None, math.inf
         return stored.snapshot, self._clock() - stored.fetched_at
-
-    def new_line(self) -> None:
-        self.epoch = f"{random.getrandbits(40):010x}"
 
     def validators(self, slug: str) -> Validators | None:
         stored = self._stored.get(slug)
@@ -1776,7 +1774,11 @@ class LocalStore(Store):
         snapshot = self.read(slug)[0]
         return (snapshot is not None and held.epoch == snapshot.position.epoch
                 and held.version > snapshot.position.version
-                and held.epoch not in (self.epoch, self._lines.get(slug)))
+                and not self.made_here(slug, held))
+
+    def made_here(self, slug: str, position: Position) -> bool:
+        """Whether a position is of a line this store made for the project."""
+        return position.epoch in (self.epoch, self._lines.get(slug))
 
     def fetch(self, slug, timeout, do_fetch):
         return do_fetch()
@@ -2261,12 +2263,12 @@ class SharedStore(Store):
             case Succession.STALE if held == position:
                 self._mirror.touch(slug, fetched_at, validators)
 
-    def rejoin(self, slug: str, epoch_alone: str) -> None:
+    def rejoin(self, slug: str) -> None:
         """Back from a spell alone: what this worker fetched alone, if it is newer than
         what Redis holds, becomes the shared version; else Redis's is taken. (Taking
         Redis's older one would send this worker's streams back in time.)"""
         mine, age = self._mirror.read(slug)
-        if mine is not None and mine.position.epoch == epoch_alone:
+        if mine is not None and self._mirror.made_here(slug, mine.position):
             stored_at = self._client.hget(_redis_key("snapshot", slug), "fetched_at")
             if stored_at is None or float(stored_at) < time.time() - age:
                 self._digests.pop(slug, None)     # Redis's digest is another line's: send all
@@ -2478,7 +2480,6 @@ class RedisLink(Store):
 
     def _lose(self, exc: Exception) -> None:
         if self.current is self.together:
-            self.alone.new_line()    # the last spell's versions may be given out again
             self.current = self.alone
             log.error("Redis unavailable (%s): this worker polls and serves on its own until "
                       "it is back", type(exc).__name__, extra={"event": "redis_unavailable"})
@@ -2490,7 +2491,7 @@ class RedisLink(Store):
                 try:
                     self.client.ping()
                     for slug in self.alone.slugs():
-                        self.together.rejoin(slug, self.alone.epoch)
+                        self.together.rejoin(slug)
                 except redis.RedisError:
                     continue
                 self.current = self.together

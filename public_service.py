@@ -1975,10 +1975,12 @@ class StatusService:
         self.metrics.upstream_requests.labels(error.outcome).inc()
         self.metrics.upstream_seconds.observe(now - started)
         state.failures += 1
+        # The backoff, whatever the client API says; a Retry-After is a hold on top of it,
+        # which every fetch of the project honours (at least that long: no licence to
+        # come back sooner than the backoff).
         delay = backoff_delay(state.failures, project.poll_interval)
-        if error.retry_after is not None:  # the client API said how long: no sooner, by anyone
+        if error.retry_after is not None:
             self.store.hold(project.slug, error.retry_after)
-            delay = max(delay, error.retry_after)    # "at least": a Retry-After: 0 is no licence
         state.poll_due_at = now + delay
         state.retry_at = now + min(delay, self.config.status_cache_ttl)
         fallback = "the last good snapshot" if self.store.read(project.slug)[0] else "503 (no snapshot yet)"

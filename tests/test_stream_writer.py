@@ -373,6 +373,14 @@ def test_a_queued_stream_gives_every_message_once_then_its_end(gzip_body):
     assert stats.buffered == 0 and closed == [stream]
 
 
+def test_a_queued_stream_ended_without_last_words_ends_its_body():
+    stream, transport, _, closed = queued()
+    reading = gevent.spawn(lambda: b"".join(transport))   # the server, waiting for more
+    gevent.sleep(0.01)
+    stream.end()
+    assert reading.get(timeout=2) == b"" and closed == [stream]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(
     st.tuples(st.just("offer"), st.integers(1, 120_000)),

@@ -123,7 +123,7 @@ def test_an_offer_steps_jumps_or_passes_by_the_one_rule_for_versions():
 
     def offer(version, statuses, base=None, updates=None):
         snapshot = Snapshot.build("p", Position("e", version), statuses)
-        stream.offer(Change(snapshot, base and Position("e", base), updates))
+        assert stream.offer(Change(snapshot, base and Position("e", base), updates)) is True  # not a drop
         before = len(client.received)
         client.read()
         return bytes(client.received[before:])

@@ -112,7 +112,8 @@ def test_an_absolute_target_is_taken_by_its_path():
 
 def test_the_asterisk_target_is_for_options_only():
     assert parse_head(b"OPTIONS * HTTP/1.1\r\nHost: x").path == "*"
-    for head in (b"GET * HTTP/1.1\r\nHost: x", b"OPTIONS ** HTTP/1.1\r\nHost: x"):
+    for head in (b"GET * HTTP/1.1\r\nHost: x", b"OPTIONS ** HTTP/1.1\r\nHost: x",
+                 b"GET /a#b HTTP/1.1\r\nHost: x", b"GET /a?b#c HTTP/1.1\r\nHost: x"):  # and fragments
         with pytest.raises(RequestRefused) as refused:
             parse_head(head)
         assert refused.value.status == 400

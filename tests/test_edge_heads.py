@@ -108,6 +108,7 @@ def test_keep_alive(head, keep_alive):
 def test_an_absolute_target_is_taken_by_its_path():
     request = parse_head(b"GET http://example.com/api/public/x/status?q=1 HTTP/1.1\r\nHost: example.com")
     assert (request.path, request.query) == ("/api/public/x/status", "q=1")
+    assert parse_head(b"GET https://example.com HTTP/1.1\r\nHost: example.com").path == "/"
 
 
 def test_the_asterisk_target_is_for_options_only():

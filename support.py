@@ -778,6 +778,29 @@ def nginx_conf(service_port: int, listen_port: int) -> str:
                 .replace("listen 80;", f"listen 127.0.0.1:{listen_port};"))
 
 
+def nginx_main_conf(home: Path, snippet: str, workers: int = 1, connections: int = 1024) -> str:
+    """A whole nginx.conf around a `server` snippet (nginx_conf's): in the foreground,
+    its pid, error log and temporary files under `home`, no access log."""
+    temp = " ".join(f"{kind}_temp_path {home}/{kind};"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    user = "user root;" if os.geteuid() == 0 else ""
+    files = f"worker_rlimit_nofile {2 * connections};" if connections > 1024 else ""
+    return f"""
+{user}
+worker_processes {workers};
+{files}
+daemon off;
+pid {home}/nginx.pid;
+error_log {home}/error.log;
+events {{ worker_connections {connections}; }}
+http {{
+    access_log off;
+    {temp}
+{snippet}
+}}
+"""
+
+
 class Nginx:
     """Debian's nginx on a free loopback port, in front of a service port, configured
     with deploy/nginx.conf (only its two ports changed). `stop()` and `start()`."""
@@ -788,23 +811,7 @@ class Nginx:
         self.home = Path(tempfile.mkdtemp(prefix="nginx-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        snippet = nginx_conf(service_port, self.port)
-        temp = " ".join(f"{kind}_temp_path {self.home}/{kind};"
-                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        user = "user root;" if os.geteuid() == 0 else ""
-        (self.home / "nginx.conf").write_text(f"""
-{user}
-worker_processes 1;
-daemon off;
-pid {self.home}/nginx.pid;
-error_log {self.home}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    {temp}
-{snippet}
-}}
-""")
+        (self.home / "nginx.conf").write_text(nginx_main_conf(self.home, nginx_conf(service_port, self.port)))
         self.process = None
         self.start()
 

@@ -52,7 +52,16 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(HERE)]
 
 import chaos_check as check  # noqa: E402
 
-from support import Database, Dechunker, RedisServer, Service, free_port, nginx_conf, wait_for  # noqa: E402
+from support import (  # noqa: E402
+    Database,
+    Dechunker,
+    RedisServer,
+    Service,
+    free_port,
+    nginx_conf,
+    nginx_main_conf,
+    wait_for,
+)
 
 # Short intervals, so that a minute holds many polls, leases and reconnects.
 SETTINGS = {
@@ -335,23 +344,7 @@ class Proxy:
         if also:
             snippet = snippet.replace(f"listen 127.0.0.1:{self.port};",
                                       f"listen 127.0.0.1:{self.port}; listen {also}:{self.port};")
-        temp = " ".join(f"{kind}_temp_path {self.home}/{kind};"
-                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        user = "user root;" if os.geteuid() == 0 else ""
-        (self.home / "nginx.conf").write_text(f"""
-{user}
-worker_processes 2;
-worker_rlimit_nofile 16384;
-daemon off;
-pid {self.home}/nginx.pid;
-error_log {self.home}/error.log;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    {temp}
-{snippet}
-}}
-""")
+        (self.home / "nginx.conf").write_text(nginx_main_conf(self.home, snippet, workers=2, connections=8192))
         self.process = subprocess.Popen(["nginx", "-p", str(self.home), "-c", str(self.home / "nginx.conf")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self._answers, timeout=10)

@@ -28,7 +28,7 @@ test: $(VENV)/.dev
 	scripts/ensure-tool.sh buildah
 	scripts/ensure-tool.sh debootstrap
 	scripts/ensure-tool.sh promtool prometheus
-	$(PYTHON) -m pytest -n 3 --dist loadfile   # files side by side: the suite mostly waits on its processes
+	$(PYTHON) -m pytest -n 3 --dist loadfile --durations=15   # files side by side: the suite mostly waits on its processes; the slowest listed
 	$(MAKE) --no-print-directory chaos-short
 
 # The in-process tests alone: no gunicorn, no browser. They still read the real

@@ -365,4 +365,6 @@ def test_a_large_document_being_parsed_does_not_hold_the_worker(start_service, p
     latencies.sort()
     print(f"\nother project's GETs while 200,000 units were parsed: {len(latencies)}, "
           f"worst {latencies[-1] * 1000:.0f} ms")
-    assert len(latencies) >= 5 and latencies[-1] < 0.25, latencies[-5:]
+    # Held by the parse, the worker would answer one GET when it ends, not many during it;
+    # the worst of them is the machine's (three test files share two cores), not the parse's.
+    assert len(latencies) >= 5 and latencies[len(latencies) // 2] < 0.1, latencies[-5:]

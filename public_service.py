@@ -2169,13 +2169,13 @@ class SharedStore(Store):
         self._digests: dict[str, str] = {}    # of each mirrored snapshot's statuses, as committed
         self._arrivals: dict[str, gevent.event.AsyncResult] = {}  # a fetch elsewhere: its end
         self._loads = SingleFlight()
-        self.read, self.validators, self.changes_since = mirror.read, mirror.validators, mirror.changes_since
-        self.ahead = mirror.ahead
+        self.read, self.validators, self.changes_since, self.ahead = (
+            mirror.read, mirror.validators, mirror.changes_since, mirror.ahead)
 
     def __repr__(self) -> str:
         return f"<SharedStore as {self._me}>"
 
-    # ---- snapshots (read, validators and changes_since: the mirror's, bound in __init__)
+    # ---- snapshots (read, validators, changes_since and ahead: the mirror's, bound in __init__)
 
     def sync(self, slug: str) -> None:
         # A burst of streams new to a project asks Redis once, not once each.
@@ -2424,9 +2424,8 @@ class RedisLink(Store):
         self.together = SharedStore(self.client, self.me, self.alone, lease_ttl, history)
         self.current: Store = self.together
         # Reads are the mirror's, shared or alone: no I/O either way.
-        self.read, self.validators, self.changes_since = (
-            self.alone.read, self.alone.validators, self.alone.changes_since)
-        self.ahead = self.alone.ahead
+        self.read, self.validators, self.changes_since, self.ahead = (
+            self.alone.read, self.alone.validators, self.alone.changes_since, self.alone.ahead)
         self._closed = False
         self._follower = gevent.spawn(self._follow)
 

@@ -803,21 +803,27 @@ http {{
 
 class Nginx:
     """Debian's nginx on a free loopback port, in front of a service port, configured
-    with deploy/nginx.conf (only its two ports changed). `stop()` and `start()`."""
+    with deploy/nginx.conf (only its two ports changed; a subclass may change more in
+    `snippet`). `stop()` and `start()`."""
 
-    def __init__(self, service_port: int):
+    def __init__(self, service_port: int, workers: int = 1, connections: int = 1024):
         import tempfile
 
         self.home = Path(tempfile.mkdtemp(prefix="nginx-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        (self.home / "nginx.conf").write_text(nginx_main_conf(self.home, nginx_conf(service_port, self.port)))
+        (self.home / "nginx.conf").write_text(
+            nginx_main_conf(self.home, self.snippet(service_port), workers, connections))
         self.process = None
         self.start()
 
+    def snippet(self, service_port: int) -> str:
+        """The `upstream` and `server` blocks nginx runs."""
+        return nginx_conf(service_port, self.port)
+
     def start(self) -> None:
         self.process = subprocess.Popen(["nginx", "-p", str(self.home), "-c", str(self.home / "nginx.conf")],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self._answers, timeout=10)
 
     def _answers(self) -> bool:
@@ -830,4 +836,8 @@ class Nginx:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(10)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -36,7 +36,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,11 +54,10 @@ import chaos_check as check  # noqa: E402
 from support import (  # noqa: E402
     Database,
     Dechunker,
+    Nginx,
     RedisServer,
     Service,
     free_port,
-    nginx_conf,
-    nginx_main_conf,
     wait_for,
 )
 
@@ -331,41 +329,27 @@ class BadNetwork:
         subprocess.run(["ip", "link", "del", self.host_dev], capture_output=True)
 
 
-class Proxy:
+class Proxy(Nginx):
     """nginx with deploy/nginx.conf, its upstream naming both instances, listening on
     loopback (and on the bad network's address, if any)."""
 
     def __init__(self, ports: list[int], also: str | None):
-        self.home = Path(tempfile.mkdtemp(prefix="chaos-nginx-"))
-        self.port = free_port()
-        snippet = nginx_conf(ports[0], self.port)
-        snippet = snippet.replace(f"server 127.0.0.1:{ports[0]};",
-                                  " ".join(f"server 127.0.0.1:{port};" for port in ports))
-        if also:
-            snippet = snippet.replace(f"listen 127.0.0.1:{self.port};",
-                                      f"listen 127.0.0.1:{self.port}; listen {also}:{self.port};")
-        (self.home / "nginx.conf").write_text(nginx_main_conf(self.home, snippet, workers=2, connections=8192))
-        self.process = subprocess.Popen(["nginx", "-p", str(self.home), "-c", str(self.home / "nginx.conf")],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._answers, timeout=10)
+        self._ports, self._also = ports, also
+        super().__init__(ports[0], workers=2, connections=8192)
 
-    def _answers(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-            return True
-        except OSError:
-            return False
+    def snippet(self, service_port: int) -> str:
+        snippet = super().snippet(service_port).replace(
+            f"server 127.0.0.1:{service_port};", " ".join(f"server 127.0.0.1:{port};" for port in self._ports))
+        if self._also:
+            snippet = snippet.replace(f"listen 127.0.0.1:{self.port};",
+                                      f"listen 127.0.0.1:{self.port}; listen {self._also}:{self.port};")
+        return snippet
 
     def reload(self) -> None:
         self.process.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        super().stop()
         shutil.rmtree(self.home, ignore_errors=True)
 
 

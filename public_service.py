@@ -565,6 +565,9 @@ class Position(NamedTuple):
         return f"{self.epoch}-{self.version}"
 
 
+_NO_POSITION = object()     # held by no reader: what a judgement remembers before its first
+
+
 class Succession(enum.Enum):
     """What a new snapshot is to the position a reader holds (a stream, a history, a
     worker's mirror of Redis)."""
@@ -776,9 +779,16 @@ class Change:
     snapshot: Snapshot
     base: Position | None
     updates: Mapping[str, str] | None
+    _judged: list = field(default_factory=lambda: [_NO_POSITION, None], repr=False)
 
     def succession(self, held: Position | None) -> Succession:
-        return succession(held, self.snapshot.position, self.base if self.updates is not None else None)
+        """The rule, applied once per position held: the streams of a project mostly
+        hold the same Position object, and it is immutable."""
+        judged = self._judged
+        if held is not judged[0]:
+            judged[:] = held, succession(held, self.snapshot.position,
+                                         self.base if self.updates is not None else None)
+        return judged[1]
 
     @functools.cached_property
     def message(self) -> Wire:
@@ -2656,7 +2666,7 @@ class Transport(Protocol):
     backlog: int
 
     def start(self, on_event: Callable[[StreamEvent], None]) -> None: ...
-    def write(self, message: Wire) -> None: ...
+    def write(self, message: Wire) -> int: ...      # the backlog after it
     def end(self, last_words: bytes | None) -> None: ...
     def abort(self) -> None: ...
 
@@ -2717,18 +2727,34 @@ class SocketTransport(Transport):
         self._reader = gevent.get_hub().loop.io(self._sock.fileno(), 1)
         self._reader.start(self._on_readable)
 
-    def write(self, message: Wire) -> None:
-        if self._sock is None or self._ending:
-            return
+    def write(self, message: Wire) -> int:
+        sock = self._sock
+        if sock is None or self._ending:
+            return 0
         if self._gzip:
             self._crc = zlib.crc32(message.plain, self._crc)
             self._size += len(message.plain)
-        if self._chunked:
-            data = message.chunk(self._gzip)
+            data = message.chunk(True) if self._chunked else message.piece
         else:
-            data = message.piece if self._gzip else message.plain
+            data = message.chunk(False) if self._chunked else message.plain
         self._stats.messages += 1
-        self._put([data])
+        if self._backlog or self._head is not None:
+            self._put([data])
+            return self.backlog
+        # The fan-out's common case, `_put`'s way without its lists: straight out to a
+        # socket that holds nothing back.
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close(StreamEvent.LOST)
+            return 0
+        self.written += sent
+        if sent == len(data):
+            return 0
+        self._held_back([memoryview(data)[sent:]])
+        return 1
 
     def end(self, last_words: bytes | None) -> None:
         """The last words (a `retry:`), the end of the gzip stream and of the body; the
@@ -2772,13 +2798,15 @@ class SocketTransport(Transport):
             self._hold(parts)
             return
         sent = self._send(parts)
-        if sent is None:
-            return
-        if sent < sum(map(len, parts)):
-            self._hold(_rest(parts, sent))
-            self._writer = gevent.get_hub().loop.io(self._sock.fileno(), 2)
-            self._writer.start(self._on_writable)
-            self._event(StreamEvent.SHORT_WRITE)
+        if sent is not None and sent < sum(map(len, parts)):
+            self._held_back(_rest(parts, sent))
+
+    def _held_back(self, rest: list) -> None:
+        """A write the socket did not take whole: the rest waits for the write watcher."""
+        self._hold(rest)
+        self._writer = gevent.get_hub().loop.io(self._sock.fileno(), 2)
+        self._writer.start(self._on_writable)
+        self._event(StreamEvent.SHORT_WRITE)
 
     def _hold(self, parts: list) -> None:
         if self._backlog is None:
@@ -2890,9 +2918,9 @@ class QueueTransport(Transport):
     def start(self, on_event: Callable[[StreamEvent], None]) -> None:
         self._on_event = on_event
 
-    def write(self, message: Wire) -> None:
+    def write(self, message: Wire) -> int:
         if self._done:
-            return
+            return 0
         if self._gzip:
             self._crc = zlib.crc32(message.plain, self._crc)
             self._size += len(message.plain)
@@ -2902,6 +2930,7 @@ class QueueTransport(Transport):
         self._stats.messages += 1
         self._add(data)
         self._on_event(StreamEvent.SHORT_WRITE)  # not taken until the server asks again
+        return len(self._pending)
 
     def end(self, last_words: bytes | None) -> None:
         if self._done:
@@ -2987,18 +3016,18 @@ class Stream:
             return self.say(delivery.message)
         snapshot = delivery.snapshot
         slug = snapshot.slug
-        match delivery.succession(self.held.get(slug, snapshot.position)):
-            case Succession.STEP if not delivery.updates:   # nothing its client can see
-                self.hold(slug, snapshot.position)
-                return True
-            case Succession.STEP:
-                message = delivery.mux_message if self._mux else delivery.message
-            case Succession.JUMP:
-                message = snapshot.mux_event if self._mux else snapshot.event
-            case Succession.STALE:
-                return True
-        self.hold(slug, snapshot.position)
-        return self.say_status(message)
+        case = delivery.succession(self.held.get(slug, snapshot.position))
+        if case is Succession.STALE:
+            return True
+        self.held[slug] = snapshot.position       # (`hold`, inline: the fan-out's hot path)
+        step = case is Succession.STEP
+        if step and not delivery.updates:         # nothing its client can see
+            self._tail = None
+            return True
+        if not self._mux:
+            return self.say(delivery.message if step else snapshot.event)
+        self._tail = None
+        return self.say_status(delivery.mux_message if step else snapshot.mux_event)
 
     def hold(self, slug: str, position: Position | None) -> None:
         """What the client holds of a project from now on (as its next message will say)."""
@@ -3019,8 +3048,7 @@ class Stream:
         the stream fell too far behind and was dropped just now."""
         state = self.state
         if state is StreamState.LIVE or state is StreamState.BACKED_UP:
-            self._transport.write(message)
-            if self._transport.backlog <= STREAM_QUEUE_SIZE:
+            if self._transport.write(message) <= STREAM_QUEUE_SIZE:
                 return True
         elif state is StreamState.OPENING:
             self._early.append(message)

@@ -3,11 +3,12 @@
 In one run, one worker pinned to core 0, the load generator on core 1:
 
 1. Held streams, for ours (this checkout), the peer (the code before: a checkout of
-   `--peer`, by default the commit before the edge) and the floor (bench/floor.py's bare
-   gevent broadcast on gunicorn's gevent worker), at 10,000 and at 19,000 streams (this
-   machine lets a process hold 20,000 files): the worker's RSS growth per stream, then
-   one change to all of them (p50 / p99 of its arrival, delivered) and the worker's CPU
-   per delivered message.
+   `--peer`, by default the commit before the edge), the floor (bench/floor.py's bare
+   gevent broadcast on gunicorn's gevent worker) and one send a stream (bench/sendfloor.py:
+   a bare epoll loop, the least a fan-out of one send() per stream can take), at 10,000
+   and at 19,000 streams (this machine lets a process hold 20,000 files): the worker's
+   RSS growth per stream, then one change to all of them (p50 / p99 of its arrival,
+   delivered) and the worker's CPU per delivered message.
 2. Warm GETs (wrk) and the first status_update's latency, ours and the peer's, in turn.
 3. Launch day (bench/shapes.py's launch phase: 10,000 streams, 1,000 units, 5 changes a
    second, 1% reconnecting a second), ours and the peer's.
@@ -69,6 +70,13 @@ def start(name: str, env: dict, root: Path = ROOT, app: str = "wsgi:app", floor:
     if not floor:
         http("GET", f"http://127.0.0.1:{port}/api/public/bench-get/status")      # warm
     return server
+
+
+def start_send_floor() -> Server:
+    """bench/sendfloor.py: one send() per stream and nothing else, the least any fan-out
+    that writes each stream's message with a send of its own can cost."""
+    port = free_port()
+    return Server("one send a stream", [sys.executable, str(ROOT / "bench" / "sendfloor.py"), str(port)], port)
 
 
 def held_phase(server: Server, load: LoadGenerator, count: int, upstream_url: str, floor: bool) -> dict:
@@ -289,8 +297,9 @@ def main() -> None:
     try:
         for count in counts:
             for who, root, app, floor in (("ours", ROOT, "wsgi:app", False), ("the peer", peer, "wsgi:app", False),
-                                          ("the floor", ROOT, "bench.floor:broadcast_app", True)):
-                server = start(who, env, root, app, floor)
+                                          ("the floor", ROOT, "bench.floor:broadcast_app", True),
+                                          ("one send a stream", ROOT, None, True)):
+                server = start_send_floor() if app is None else start(who, env, root, app, floor)
                 print(f"{who}: {count} streams", file=sys.stderr, flush=True)
                 results["held"].append({"count": count, "who": who,
                                         **held_phase(server, load, count, upstream_url, floor)})

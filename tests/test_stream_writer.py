@@ -307,7 +307,7 @@ def test_what_is_left_of_parts_once_some_bytes_went_out():
 
 
 def test_a_writer_closed_gives_back_its_socket_and_says_nothing_more():
-    gevent.get_hub().loop                              # its own descriptors, made once, first
+    assert gevent.get_hub().loop is not None           # its own descriptors, made once, first
     before = len(os.listdir("/proc/self/fd"))
     transport, client, stats, events = bare_transport()
     transport.write(message(300_000))

@@ -165,6 +165,11 @@ class Config:
         compression = str(env.get("COMPRESSION", "on")).lower()
         if compression not in ("on", "off"):
             raise ConfigError(f"COMPRESSION must be 'on' or 'off', got {compression!r}")
+        # A multiplexed stream's first words (`connected`, a snapshot per project) wait in
+        # its queue for its writer: they must fit, or it would end as it opens.
+        max_projects = _env_number(env, "MAX_PROJECTS_PER_STREAM", 20, int, minimum=1)
+        if max_projects > STREAM_QUEUE_SIZE - 1:
+            raise ConfigError(f"MAX_PROJECTS_PER_STREAM must be at most {STREAM_QUEUE_SIZE - 1}")
         return cls(
             database_url=str(database_url),
             port=_env_number(env, "PORT", 8000, int, minimum=0),
@@ -181,7 +186,7 @@ class Config:
             log_format=log_format,
             max_upstream_bytes=_env_number(env, "MAX_UPSTREAM_BYTES", 5_000_000, int, minimum=1),
             max_streams=_env_number(env, "MAX_STREAMS", 10_000, int, minimum=0),
-            max_projects_per_stream=_env_number(env, "MAX_PROJECTS_PER_STREAM", 20, int, minimum=1),
+            max_projects_per_stream=max_projects,
             redis_url=env.get("REDIS_URL") or None,
             poll_lease_ttl=_env_number(env, "POLL_LEASE_TTL", 10.0),
             min_poll_interval=_env_number(env, "MIN_POLL_INTERVAL", 1.0),
@@ -2908,8 +2913,6 @@ class QueueTransport(Transport):
         self._done = False
         self._crc = self._size = 0
         self._on_event: Callable[[StreamEvent], None] | None = None
-        if gzip:
-            self._add(GZIP_HEADER)
 
     @property
     def backlog(self) -> int:
@@ -2943,11 +2946,11 @@ class QueueTransport(Transport):
         self._ready.set()
 
     def abort(self) -> None:
-        if not self._done:
-            self._done = True
-            self._stats.buffered -= sum(map(len, self._pending))
-            self._pending.clear()
-            self._ready.set()
+        """The server is done with it: what it did not take is let go (last words too)."""
+        self._done = True
+        self._stats.buffered -= sum(map(len, self._pending))
+        self._pending.clear()
+        self._ready.set()
 
     def _add(self, data: bytes) -> None:
         self._pending.append(data)
@@ -2955,6 +2958,8 @@ class QueueTransport(Transport):
         self._ready.set()
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._gzip:
+            yield GZIP_HEADER                 # the body's first bytes, and no message
         while True:
             while not self._pending and not self._done:
                 self._ready.clear()

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from public_service import Config, ConfigError
+from public_service import STREAM_QUEUE_SIZE, Config, ConfigError
 
 
 def test_every_default_follows_the_spec():
@@ -88,3 +88,14 @@ def test_config_is_frozen():
     with pytest.raises(AttributeError):
         config.port = 1
     assert math.isfinite(config.db_timeout)
+
+
+def test_a_multiplexed_stream_carries_no_more_projects_than_its_first_words_fit():
+    """`connected` and a snapshot per project are said before the stream's writer comes,
+    and wait in its queue: more than it holds, and the stream would end as it opens."""
+    most = STREAM_QUEUE_SIZE - 1
+    assert Config.from_env({"DATABASE_URL": "x", "MAX_PROJECTS_PER_STREAM": str(most)}
+                           ).max_projects_per_stream == most
+    with pytest.raises(ConfigError, match="MAX_PROJECTS_PER_STREAM"):
+        Config.from_env({"DATABASE_URL": "x", "MAX_PROJECTS_PER_STREAM": str(most + 1)})
+

@@ -349,8 +349,9 @@ def queued(gzip_body: bool = False):
     return stream, transport, stats, closed
 
 
-def test_a_reader_is_dropped_past_exactly_the_queue_size():
-    stream, _, _, closed = queued()
+@pytest.mark.parametrize("gzip_body", [False, True], ids=["plain", "gzip"])
+def test_a_reader_is_dropped_past_exactly_the_queue_size(gzip_body):
+    stream, _, _, closed = queued(gzip_body)          # (the gzip header is no message)
     assert all(stream.say(message(1)) for _ in range(STREAM_QUEUE_SIZE))
     assert stream.say(message(1)) is False and closed == [stream]
     opening = Stream(["p"], closed.append, StreamStats())   # not attached yet: kept aside
@@ -372,6 +373,15 @@ def test_a_queued_stream_gives_every_message_once_then_its_end(gzip_body):
     expected = b"".join(wire.plain for wire in wires) + b"retry: 3000\n\n"
     assert (gzip.decompress(body) if gzip_body else body) == expected
     assert stats.buffered == 0 and closed == [stream]
+
+
+def test_a_queued_stream_ended_then_let_go_unread_holds_no_bytes():
+    stream, transport, stats, closed = queued()
+    stream.say(message(1000))                          # not taken by the server yet
+    stream.end(b"retry: 3000\n\n")                     # shutting down: its last words wait too
+    stream.close()                                     # the server is done with it, unread
+    assert stream.state is StreamState.CLOSED and closed == [stream]
+    assert stats.buffered == 0 and transport.backlog == 0
 
 
 def test_a_queued_stream_ended_without_last_words_ends_its_body():

@@ -2958,8 +2958,7 @@ class QueueTransport(Transport):
         self._ready.set()
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._gzip:
-            yield GZIP_HEADER                 # the body's first bytes, and no message
+        head = GZIP_HEADER if self._gzip else b""  # the body's first bytes, and no message
         while True:
             while not self._pending and not self._done:
                 self._ready.clear()
@@ -2970,7 +2969,8 @@ class QueueTransport(Transport):
                 self._stats.buffered -= len(data)
                 if not self._done:
                     self._on_event(StreamEvent.DRAINED)
-                yield data
+                yield head + data
+                head = b""
             elif self._done:
                 if self._on_event is not None:
                     self._on_event(StreamEvent.FLUSHED)

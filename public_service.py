@@ -3574,9 +3574,11 @@ FD_RESERVE = 64                   # descriptors kept for the database, Redis, cl
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])")
-_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)")
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade",
-               "proxy-connection", "te", "trailer"}
+# The whitespace before a value is taken possessively: the value may hold spaces too, and
+# a line of them ending in a control byte would otherwise be tried at every split.
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*+([^\x00-\x08\x0a-\x1f\x7f]*)")
+_EDGE_WRITES = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade",
+                "proxy-connection", "te", "trailer", "date"}   # hop by hop, and the Date
 
 
 @dataclass(frozen=True, slots=True)
@@ -3646,7 +3648,8 @@ def parse_head(head: bytes) -> RequestHead:
     if lengths and (len(lengths) > 1 or not next(iter(lengths)).isdigit()
                     or not next(iter(lengths)).isascii()):
         raise RequestRefused(400, "unreadable Content-Length")
-    content_length = int(next(iter(lengths))[:19]) if lengths else 0
+    digits = next(iter(lengths)).lstrip("0") if lengths else ""   # 00053 is 53
+    content_length = int(digits[:19]) if digits else 0
     chunked = False
     if framed_by_codings:
         if version == "HTTP/1.0" or lengths or not codings or codings[-1] != "chunked" \
@@ -3667,7 +3670,10 @@ def _request_target(method: str, target: str) -> tuple[str, str]:
     if target.startswith("/"):
         raw_path, _, query = target.partition("?")
     elif target.startswith(("http://", "https://")):
-        parts = urlsplit(target)
+        try:
+            parts = urlsplit(target)
+        except ValueError:                    # a bracket no host can have: http://[/a
+            raise RequestRefused(400, "malformed request target") from None
         raw_path, query = parts.path or "/", parts.query
     elif target == "*" and method == "OPTIONS":
         raw_path, query = "*", ""
@@ -3700,10 +3706,11 @@ class Edge:
     body: a request that declares one is answered, then the connection is closed once
     what the client still sends has been read and dropped (at most REQUEST_BODY_LIMIT,
     within HEADER_TIMEOUT: *lingering*, as nginx does, so that the answer is not lost
-    to a reset). Waiting and lingering connections are timed by one sweeper, not a
-    timer each; near the worker's connection cap (or its file limit) each new
-    connection closes the one that has waited longest, never a stream or a request in
-    progress; at shutdown every waiting connection is let go at once.
+    to a reset). Waiting connections are timed by one sweeper, not a timer each (a
+    lingering close, rare, has its own); near the worker's connection cap (or its file
+    limit) each new connection closes the one that has waited longest, else the oldest
+    head still coming in, never a stream or a request in progress; at shutdown every
+    waiting connection is let go at once.
     """
 
     def __init__(self, config: Config, metrics: Metrics, streams: Callable[[], int]):
@@ -3722,7 +3729,7 @@ class Edge:
         # lingering close (HEADER_TIMEOUT), and between requests (KEEPALIVE_TIMEOUT).
         self._waiting_short: OrderedDict[Any, float] = OrderedDict()
         self._waiting_long: OrderedDict[Any, float] = OrderedDict()
-        self._reading: set = set()
+        self._reading: OrderedDict[Any, float] = OrderedDict()  # heads coming in, since when
         self._sweeper: gevent.Greenlet | None = None
         self._date: tuple[int, str] = (0, "")
         self.open_connections = 0
@@ -3795,7 +3802,7 @@ class Edge:
                 started = time.monotonic()    # a later head's time runs from its first byte
         end = received.find(b"\r\n\r\n")
         if end < 0:
-            self._reading.add(client)
+            self._reading[client] = started
             try:
                 with gevent.Timeout(max(started + self._header_timeout - time.monotonic(), 0.001),
                                     ClientTooSlow()):
@@ -3814,7 +3821,7 @@ class Edge:
                 self._linger(client)
                 return None
             finally:
-                self._reading.discard(client)
+                self._reading.pop(client, None)
         head = bytes(received[:end])
         del received[:end + 4]
         return head
@@ -3852,7 +3859,9 @@ class Edge:
         finally:
             if hasattr(body, "close"):
                 body.close()
-        length = None if request.method == "HEAD" else len(data)
+        # No body, and no length of its own, for a HEAD, a 1xx, a 204 or a 304 (RFC 9110)
+        bodiless = request.method == "HEAD" or status[:3] in ("204", "304") or status[:1] == "1"
+        length = None if bodiless else len(data)
         self._write(client, self._response_head(status, headers, length, close) + data)
         self._access(environ, request, status, headers, len(data), started)
         if close:
@@ -3876,18 +3885,21 @@ class Edge:
 
     def _linger(self, client) -> None:
         """Close once the client has been heard out: its answer is not lost to a reset of
-        unread bytes. At most REQUEST_BODY_LIMIT, within HEADER_TIMEOUT (the sweeper)."""
+        unread bytes. At most REQUEST_BODY_LIMIT, within HEADER_TIMEOUT: a timer of its
+        own (lingering is rare, and goes on after shutdown, when the sweeper has stopped);
+        near the cap it goes first, as a waiting connection."""
         try:
             client.shutdown(socket.SHUT_WR)
         except OSError:
             return
         self._waiting_short[client] = time.monotonic()
         try:
-            left = REQUEST_BODY_LIMIT
-            while left > 0 and (data := client.recv(RECEIVE_SIZE)):
-                left -= len(data)
+            with gevent.Timeout(self._header_timeout, False):
+                left = REQUEST_BODY_LIMIT
+                while left > 0 and (data := client.recv(RECEIVE_SIZE)):
+                    left -= len(data)
         except OSError:
-            pass                              # reset, or hung up on by the sweeper: done
+            pass                              # reset, or hung up on to make room: done
         finally:
             self._waiting_short.pop(client, None)
 
@@ -3949,7 +3961,7 @@ class Edge:
     def _response_head(self, status: str, headers: list, length: int | None, close: bool,
                        chunked: bool = False) -> bytes:
         lines = [f"HTTP/1.1 {status}"]
-        lines += [f"{name}: {value}" for name, value in headers if name.lower() not in _HOP_BY_HOP
+        lines += [f"{name}: {value}" for name, value in headers if name.lower() not in _EDGE_WRITES
                   or (name.lower() == "content-length" and length is None and not chunked)]
         now = int(time.time())
         if self._date[0] != now:
@@ -3985,6 +3997,8 @@ class Edge:
                 and self.open_connections + self._streams() + FD_RESERVE + margin < self._files):
             return
         fronts = [waiting for waiting in (self._waiting_short, self._waiting_long) if waiting]
+        if not fronts and self._reading:      # a head still coming in has cost nothing either:
+            fronts = [self._reading]          # one byte a connection must not fill the worker
         if fronts:
             oldest = min(fronts, key=lambda waiting: next(iter(waiting.values())))
             hang_up(oldest.popitem(last=False)[0])

@@ -61,6 +61,29 @@ def test_connections_owing_a_body_go_first_near_the_cap(start_service, slug):
         sock.close()
 
 
+def test_connections_that_sent_a_byte_of_a_head_go_too_near_the_cap(start_service, slug):
+    """A head still coming in has cost nothing: near the cap it makes room as an idle
+    connection does (after them), so that one byte a connection cannot fill the worker."""
+    service = start_service(HEADER_TIMEOUT="30", KEEPALIVE_TIMEOUT="30", SSE_PING_INTERVAL="0.2",
+                            extra_args=["--worker-connections", "200"])
+    streams = [EventStream(service.port, f"/api/public/{slug}/status/stream") for _ in range(10)]
+    for stream in streams:
+        assert stream.next_event("status_update") is not None
+    begun = []
+    for _ in range(300):                                  # more than the worker may hold
+        sock = socket.create_connection(("127.0.0.1", service.port))
+        sock.sendall(b"G")
+        begun.append(sock)
+    started = time.monotonic()
+    assert requests.get(f"{service.url}/healthz", timeout=5).status_code == 200
+    assert time.monotonic() - started < 1.0               # the begun ones made room
+    assert metric(service.url, "public_status_connections_evicted_total") >= 100
+    for stream in streams:                                # no stream was closed for them
+        assert stream.next_event("ping", timeout=2) is not None
+    for sock in begun:
+        sock.close()
+
+
 # --------------------------------------------------------------------------- framing
 
 HIDDEN = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -81,6 +104,8 @@ SMUGGLED = {
     "obs-folding": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n" + HIDDEN, 400),
     "gzip, then chunked": (b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
                            b"0\r\n\r\n" + HIDDEN, 501),
+    "a Content-Length with leading zeros": (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                                            + b"0" * 19 + b"%d\r\n\r\n" % len(HIDDEN) + HIDDEN, 405),
 }
 
 

@@ -2,6 +2,9 @@
 framing a front end could read another way is refused, as RFC 9112 says, and gunicorn's own
 parser (the worker's, had we kept it) refuses the same heads."""
 
+import math
+import time
+
 import pytest
 from gunicorn.config import Config as GunicornConfig
 from gunicorn.http.errors import ParseException
@@ -89,6 +92,7 @@ def test_a_plain_request_is_read_as_sent():
     (b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 12, 12", 12, False),
     (b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: CHUNKED", 0, True),
     (b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000000000000000000", 10**18, False),
+    (b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"0" * 19 + b"53", 53, False),  # not 0
 ])
 def test_bodies_are_framed_one_way(head, length, chunked):
     request = parse_head(head)
@@ -109,6 +113,37 @@ def test_an_absolute_target_is_taken_by_its_path():
     request = parse_head(b"GET http://example.com/api/public/x/status?q=1 HTTP/1.1\r\nHost: example.com")
     assert (request.path, request.query) == ("/api/public/x/status", "q=1")
     assert parse_head(b"GET https://example.com HTTP/1.1\r\nHost: example.com").path == "/"
+
+
+@pytest.mark.parametrize("target", [b"http://[/a", b"http://[x]/a", b"http://x]/a"])
+def test_an_absolute_target_no_url_parser_can_read_is_refused(target):
+    with pytest.raises(RequestRefused) as refused:
+        parse_head(b"GET " + target + b" HTTP/1.1\r\nHost: x")
+    assert refused.value.status == 400
+
+
+def test_a_header_line_built_to_backtrack_costs_what_a_plain_one_costs():
+    """Spaces up to the field's bound, then a byte no value may hold: each byte is looked
+    at a bounded number of times, as for any other line (a regex that backtracks over the
+    spaces took 0.5 s of the worker's only CPU for one such head)."""
+    spaces = b" " * (HEADER_FIELD_LIMIT - 8)
+    plain = b"GET /a HTTP/1.1\r\nHost: x\r\nX:" + spaces + b"a"
+    hostile = b"GET /a HTTP/1.1\r\nHost: x\r\nX:" + spaces + b"\x01"
+
+    def cpu(head: bytes) -> float:
+        best = math.inf
+        for _ in range(5):
+            started = time.process_time()
+            try:
+                parse_head(head)
+            except RequestRefused:
+                pass
+            best = min(best, time.process_time() - started)
+        return best
+
+    with pytest.raises(RequestRefused):
+        parse_head(hostile)
+    assert cpu(hostile) <= 20 * cpu(plain) + 0.002
 
 
 def test_the_asterisk_target_is_for_options_only():

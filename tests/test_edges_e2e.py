@@ -103,6 +103,36 @@ def test_sigterm_lets_half_sent_requests_go_at_once(start_service):
         sock.close()
 
 
+def test_sigterm_does_not_wait_on_a_body_that_never_comes(start_service, pg, upstream):
+    """A request that declared a body is answered, then its connection lingers for what
+    the client still sends: at most HEADER_TIMEOUT, after SIGTERM too."""
+    service = start_service(HEADER_TIMEOUT="1", DEFAULT_POLL_INTERVAL="60")
+    slug = pg.add_project(pg.unique_slug("linger"), base_url=upstream.url)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"}, delay=1.5)
+    sock = connect(service)
+    sock.sendall(f"POST /api/public/{slug}/status/refresh HTTP/1.1\r\nHost: x\r\n"
+                 "Content-Length: 5\r\n\r\n".encode())    # the 5 bytes never come
+    wait_for(lambda: upstream.count(f"/{slug}") == 1)     # the request is in progress
+    signalled = time.monotonic()
+    service.process.send_signal(signal.SIGTERM)
+    assert service.process.wait(15) == 0
+    assert time.monotonic() - signalled < 6               # not the 20 s graceful timeout
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")   # and it had its answer
+    sock.close()
+
+
+def test_a_304_says_no_length_and_every_answer_has_one_date(live):
+    first = exchange(live, b"GET /board.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    etag = first.partition(b"\r\nETag: ")[2].partition(b"\r\n")[0]
+    again = exchange(live, b"GET /board.js HTTP/1.1\r\nHost: x\r\nIf-None-Match: " + etag
+                     + b"\r\nConnection: close\r\n\r\n")
+    head = again.partition(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 304") and b"\r\nContent-Length:" not in head
+    healthz = exchange(live, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    for answer in (first, again, healthz):
+        assert answer.partition(b"\r\n\r\n")[0].count(b"\r\nDate: ") == 1
+
+
 # --------------------------------------------------------------------------- heads and bodies
 
 def head_of(request_line: str = "GET /healthz HTTP/1.1", fields: int = 1, field_size: int = 20) -> bytes:

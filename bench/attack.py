@@ -172,6 +172,8 @@ SMUGGLED = {
     "Transfer-Encoding: gzip": b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
     "no Host": b"GET /healthz HTTP/1.1\r\n\r\n",
     "two Hosts": b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    "a Content-Length with 19 leading zeros":
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 000000000000000000033\r\n\r\n",
 }
 
 
@@ -187,6 +189,54 @@ def probe_smuggling(root, env):
         figures[name] = f"{served} answer(s), hidden request {'SERVED' if b'ready' in answer else 'not served'}"
     service.stop()
     return figures
+
+
+def probe_backtracking_heads(root, env):
+    """The worker's CPU for a head whose one header line is spaces up to the field's bound
+    then a control byte (a regex that backtracks tries every split of the spaces),
+    against the same line ending in a letter."""
+    service = Service(root, env)
+    spaces = b" " * 8180
+
+    def cpu_ms_per_request(last: bytes) -> float:
+        data = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX:" + spaces + last + b"\r\nConnection: close\r\n\r\n"
+        before = service_cpu(service)
+        for _ in range(10):
+            raw(service.port, data, wait=5)
+        return (service_cpu(service) - before) * 1000 / 10
+
+    hostile, plain = cpu_ms_per_request(b"\x01"), cpu_ms_per_request(b"a")
+    figures = {"CPU per request, a line of spaces ending in \\x01": f"{hostile:.1f} ms",
+               "CPU per request, the same line ending in a letter": f"{plain:.1f} ms"}
+    service.stop()
+    return figures
+
+
+def probe_one_byte_heads(root, env):
+    """Near the cap (200 connections a worker), 300 connections that each sent one byte
+    of a head: how long a newcomer's GET /healthz takes."""
+    service = Service(root, {**env, "HEADER_TIMEOUT": "30"}, extra=["--worker-connections", "200"])
+    begun = connections(service.port, 300, b"G")
+    time.sleep(0.5)
+    took, status = timed_get(f"{service.url}/healthz", timeout=5)
+    close_all(begun)
+    service.stop()
+    return {"GET /healthz beside 300 one-byte heads, cap 200": f"{status} in {took * 1000:.0f} ms"}
+
+
+def probe_sigterm_lingering(root, env, database, upstream):
+    """SIGTERM while a refresh that declared a body (which never comes) is in progress:
+    how long until the worker has exited (gunicorn's graceful timeout is 20 s)."""
+    slug = database.add_project(database.unique_slug("linger"), base_url=upstream.url)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"}, delay=1.5)
+    service = Service(root, {**env, "HEADER_TIMEOUT": "1", "DEFAULT_POLL_INTERVAL": "60"})
+    sock = socket.create_connection(("127.0.0.1", service.port))
+    sock.sendall(f"POST /api/public/{slug}/status/refresh HTTP/1.1\r\nHost: x\r\n"
+                 "Content-Length: 5\r\n\r\n".encode())
+    time.sleep(0.3)
+    took = service.stop()
+    sock.close()
+    return {"SIGTERM to exit, one lingering close in progress": f"{took:.1f} s"}
 
 
 def probe_slow_heads(root, env):
@@ -414,6 +464,9 @@ def main():
             "tokens": lambda: probe_accept_encoding(root, env, warm),
             "smuggling": lambda: probe_smuggling(root, env),
             "slow": lambda: probe_slow_heads(root, env),
+            "backtrack": lambda: probe_backtracking_heads(root, env),
+            "one-byte": lambda: probe_one_byte_heads(root, env),
+            "linger": lambda: probe_sigterm_lingering(root, env, database, upstream),
             "sigterm": lambda: probe_sigterm_half_sent(root, env),
             "flood": lambda: probe_unknown_flood(root, env, warm),
             "flood-tight-pool": lambda: probe_unknown_flood(

@@ -90,7 +90,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
-from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit, urlunsplit
 
 import gevent
 import gevent.event
@@ -156,6 +156,12 @@ class Config:
         database_url = env.get("DATABASE_URL")
         if not database_url:
             raise ConfigError("DATABASE_URL is not set (see README: `make run` provides one)")
+        redis_url = env.get("REDIS_URL") or None
+        if redis_url:
+            _readable_url("REDIS_URL", str(redis_url), lambda url: (urlsplit(url).port, urlsplit(url).password))
+        db_timeout = _env_number(env, "DB_TIMEOUT", 5.0)
+        if db_timeout > MAX_DB_TIMEOUT:             # the database takes it in milliseconds, as an int32
+            raise ConfigError(f"DB_TIMEOUT must be at most {MAX_DB_TIMEOUT:g}")
         log_level = str(env.get("LOG_LEVEL", "INFO")).upper()
         if not isinstance(logging.getLevelName(log_level), int):
             raise ConfigError(f"LOG_LEVEL must be a logging level name, got {log_level!r}")
@@ -187,15 +193,28 @@ class Config:
             max_upstream_bytes=_env_number(env, "MAX_UPSTREAM_BYTES", 5_000_000, int, minimum=1),
             max_streams=_env_number(env, "MAX_STREAMS", 10_000, int, minimum=0),
             max_projects_per_stream=max_projects,
-            redis_url=env.get("REDIS_URL") or None,
+            redis_url=redis_url,
             poll_lease_ttl=_env_number(env, "POLL_LEASE_TTL", 10.0),
             min_poll_interval=_env_number(env, "MIN_POLL_INTERVAL", 1.0),
             header_timeout=_env_number(env, "HEADER_TIMEOUT", 10.0),
             keepalive_timeout=_env_number(env, "KEEPALIVE_TIMEOUT", 100.0),
             compression=compression == "on",
             db_pool_size=_env_number(env, "DB_POOL_SIZE", 5, int, minimum=1),
-            db_timeout=_env_number(env, "DB_TIMEOUT", 5.0),
+            db_timeout=db_timeout,
         )
+
+
+MAX_DB_TIMEOUT = 3600.0
+
+
+def _readable_url(name: str, url: str, read: Callable[[str], Any]) -> None:
+    """ConfigError if `read` cannot read the URL; the message shows none of it (what a
+    parser quotes of a URL may be its password)."""
+    try:
+        read(url)
+    except (ValueError, psycopg2.Error):
+        raise ConfigError(f"{name} cannot be read as a URL (its text is not shown: it may hold "
+                          "a password)") from None
 
 
 def _env_number(env, name, default, kind=float, minimum=None):
@@ -347,6 +366,10 @@ class LogScrubber(logging.Filter):
         return escape_controls(self.redact(text))
 
     def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            record.getMessage()
+        except (TypeError, ValueError, KeyError):  # a caller's bug: a line that says so, scrubbed,
+            record.msg, record.args = f"{record.msg} (its arguments did not fit)", None  # not a raise
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if isinstance(record.args, dict):    # gunicorn's access atoms: scrubbed where they
@@ -1094,7 +1117,11 @@ class Database:
         return f"<Database {self._params.get('host', 'local')}/{self._params.get('dbname', '')}>"
 
     def _connect(self):
-        conn = psycopg2.connect(**self._params)
+        # libpq's connect_timeout holds only for a blocking connect; under psycogreen's wait
+        # callback (wsgi.py) a database that accepts and says nothing would hold it forever.
+        with gevent.Timeout(self._params["connect_timeout"],
+                            DatabaseUnavailable("connecting to the database timed out")):
+            conn = psycopg2.connect(**self._params)
         conn.autocommit = True  # one statement per use; never an idle open transaction
         return conn
 
@@ -1104,6 +1131,8 @@ class Database:
         try:
             try:
                 return self._execute(sql, params)
+            except psycopg2.extensions.QueryCanceledError:
+                raise                 # the database is there, and slow: another connection waits as long
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 # The pool may have handed out a connection the server had dropped. A
                 # restart or an idle-connection kill drops them all at once: open a new
@@ -1126,6 +1155,7 @@ class Database:
 def _connection_params(url: str, timeout: float) -> dict[str, Any]:
     """Connection keywords from DATABASE_URL, with read-only sessions and timeouts added
     to whatever `options` the URL already carries."""
+    _readable_url("DATABASE_URL", url, psycopg2.extensions.parse_dsn)
     params: dict[str, Any] = psycopg2.extensions.parse_dsn(url)
     statement_ms = max(1, int(timeout * 1000))
     options = " ".join(filter(None, [
@@ -1293,7 +1323,11 @@ def project_from_row(slug: str, row: tuple, default_poll_interval: float,
     exception."""
     base, endpoint, auth_type, raw_credentials, timeout, raw_mapping, interval = row
     problems: list[str] = []
-    url, userinfo = split_userinfo(join_status_url(base, endpoint))
+    try:
+        url, userinfo = split_userinfo(join_status_url(base, endpoint))
+        is_http = urlsplit(url).scheme in ("http", "https") and bool(urlsplit(url).hostname)
+    except ValueError:        # a bracket or a port no URL can have; its text may be a password
+        url, userinfo, is_http = "", None, False
     timeout = _seconds(timeout, "timeout_seconds", DEFAULT_TIMEOUT_SECONDS, problems)
     interval = _seconds(interval, "polling_interval_seconds", default_poll_interval, problems)
     credentials = _json_column(raw_credentials, "auth_credentials", problems)
@@ -1311,7 +1345,7 @@ def project_from_row(slug: str, row: tuple, default_poll_interval: float,
     if any(not HEADER_VALUE.fullmatch(value) for value in headers.values()):
         problems.append("a credential holds characters not allowed in an HTTP header")
         headers = {}
-    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+    if not is_http:
         problems.append("api_base_url and status_endpoint do not make an http(s) URL")
     lookup = build_status_lookup(mapping)
     settings = hashlib.blake2b(repr((url, sorted(headers.items()), sorted(lookup.items()))).encode(),
@@ -1343,7 +1377,7 @@ def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return clean, (parts.username or "", parts.password or "")
+    return clean, (unquote(parts.username or ""), unquote(parts.password or ""))
 
 
 def auth_headers(

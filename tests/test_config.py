@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from public_service import STREAM_QUEUE_SIZE, Config, ConfigError
+from public_service import STREAM_QUEUE_SIZE, Config, ConfigError, Database
 
 
 def test_every_default_follows_the_spec():
@@ -98,4 +98,24 @@ def test_a_multiplexed_stream_carries_no_more_projects_than_its_first_words_fit(
                            ).max_projects_per_stream == most
     with pytest.raises(ConfigError, match="MAX_PROJECTS_PER_STREAM"):
         Config.from_env({"DATABASE_URL": "x", "MAX_PROJECTS_PER_STREAM": str(most + 1)})
+
+
+@pytest.mark.parametrize("url", ["redis://:pa[ss-secret-9]@127.0.0.1:6379/0",
+                                 "redis://:ss-secret-9@127.0.0.1:99999/0"])
+def test_a_redis_url_that_cannot_be_read_is_a_config_error_that_shows_none_of_it(url):
+    with pytest.raises(ConfigError, match="REDIS_URL") as refused:
+        Config.from_env({"DATABASE_URL": "x", "REDIS_URL": url})
+    assert "secret" not in str(refused.value) and "ss-" not in str(refused.value)
+
+
+def test_a_database_url_that_cannot_be_read_is_a_config_error_that_shows_none_of_it():
+    with pytest.raises(ConfigError, match="DATABASE_URL") as refused:
+        Database("postgresql://reader:Xy%zz-secret-9@127.0.0.1:5432/postgres", 1, 1.0)
+    assert "secret" not in str(refused.value) and "Xy" not in str(refused.value)
+
+
+def test_a_database_timeout_is_at_most_an_hour():
+    assert Config.from_env({"DATABASE_URL": "x", "DB_TIMEOUT": "3600"}).db_timeout == 3600
+    with pytest.raises(ConfigError, match="DB_TIMEOUT"):
+        Config.from_env({"DATABASE_URL": "x", "DB_TIMEOUT": "3601"})
 

@@ -1,6 +1,7 @@
 """Project lookups against a real PostgreSQL, through a role that can only SELECT."""
 
 import logging
+import time
 
 import psycopg2
 import pytest
@@ -354,3 +355,15 @@ def test_waiting_for_a_pooled_connection_is_busy_and_nothing_is_remembered(pg):
     assert directory.get(slug).slug == slug            # not taken for an unknown slug
     assert db_errors(metrics) == 0
     db.close()
+
+
+def test_a_query_the_database_timed_out_is_not_tried_again(pg):
+    """A statement timeout means the database is there, and slow: another connection
+    would only wait as long again (and the idle ones would be dropped for nothing)."""
+    db = Database(pg.reader_url, pool_size=2, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnavailable):
+        db.fetch_one("SELECT pg_sleep(3)")
+    assert time.monotonic() - started < 0.9               # one DB_TIMEOUT, not two
+    db.close()
+

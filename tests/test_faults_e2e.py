@@ -493,3 +493,21 @@ def _database_kept_for(pg):
     must never hit the tests' own connection)."""
     assert isinstance(pg.conn, psycopg2.extensions.connection)
     yield
+
+
+def test_a_database_that_accepts_and_never_answers_is_an_outage_not_a_hang(start_service):
+    """Under psycogreen (wsgi.py) libpq's connect_timeout does not hold: the connect has a
+    time limit of its own, so the outage is told (503, /readyz, the metric), not hidden
+    behind requests that never end."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    threading.Thread(target=lambda: accepted.extend(silent.accept() for _ in range(50)), daemon=True).start()
+    service = start_service(DATABASE_URL=f"postgresql://nobody@127.0.0.1:{silent.getsockname()[1]}/none",
+                            DB_TIMEOUT="1", DB_POOL_SIZE="2")
+    for path in ("/api/public/anything/status", "/readyz"):
+        started = time.monotonic()
+        answer = requests.get(f"{service.url}{path}", timeout=10)
+        assert answer.status_code == 503 and time.monotonic() - started < 4   # libpq's 2 s floor
+    assert metric(service.url, "public_status_database_up") == 0
+    assert metric(service.url, "public_status_db_errors_total") >= 1
+    silent.close()

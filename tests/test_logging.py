@@ -147,3 +147,12 @@ def test_the_json_formatter_alone_writes_the_traceback():
     except RuntimeError:
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
     assert "RuntimeError: alone" in json.loads(public_service.JsonFormatter().format(record))["exception"]
+
+
+def test_a_call_whose_arguments_do_not_fit_its_format_is_a_line_not_an_exception(captured):
+    redactor, logger, lines, _ = captured
+    redactor.add(["tok-Secret-1"])
+    logger.info("fetched %d units for %s", "tok-Secret-1")   # a bug of the caller's
+    assert len(lines) == 1 and "tok-Secret-1" not in lines[0]
+    assert "fetched %d units for %s" in lines[0]
+

@@ -113,3 +113,25 @@ def test_a_mapping_that_is_no_object_of_statuses_to_values_is_unusable(mapping):
     project = project_from_row("d", row(mapping=mapping), 30)
     assert project.config_error == "status_mapping is not an object of statuses to values"
     assert project.status_lookup == public_service.DEFAULT_LOOKUP
+
+
+@pytest.mark.parametrize("base", [
+    "https://user:pa[ss]word@api.example.com",     # brackets in the password
+    "https://user:pa[ssword@api.example.com",
+    "https://user:secretpw@api.example.com:99999",  # a port no URL can have
+    "https://user:secretpw@api.example.com:abc",
+    "https://[notip]/",
+], ids=["bracketed password", "open bracket", "port out of range", "port no number", "bracketed host"])
+def test_a_url_no_parser_can_read_is_an_unusable_config_that_shows_none_of_it(base):
+    project = project_from_row("demo", row(base=base), 30.0)
+    assert project.config_error == "api_base_url and status_endpoint do not make an http(s) URL"
+    for part in ("pa", "ss", "word", "secretpw", "notip", "99999"):
+        assert part not in project.config_error and part not in repr(project)
+    assert project.status_url == ""
+
+
+def test_percent_encoded_userinfo_is_sent_decoded():
+    project = project_from_row("demo", row(base="https://u:p%40ss%3Aw@api.example.com"), 30.0)
+    assert project.auth_headers == {"Authorization": "Basic " + base64.b64encode(b"u:p@ss:w").decode()}
+    assert "p@ss:w" in project.secrets
+

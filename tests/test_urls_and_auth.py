@@ -32,7 +32,7 @@ def test_status_url_joins_with_exactly_one_slash(base, endpoint, url):
 
 
 @pytest.mark.parametrize(("url", "split"), [
-    ("https://u:p%40ss@h.example:8443/x?q=1", ("https://h.example:8443/x?q=1", ("u", "p%40ss"))),
+    ("https://u:p%40ss@h.example:8443/x?q=1", ("https://h.example:8443/x?q=1", ("u", "p@ss"))),
     ("https://h.example/x", ("https://h.example/x", None)),
     ("https://token@h.example/x", ("https://h.example/x", ("token", ""))),
     ("http://u:p@[::1]:8080/x", ("http://[::1]:8080/x", ("u", "p"))),

@@ -3445,7 +3445,8 @@ def stream_projects():
 def parse_project_list(value: str | None, limit: int) -> list[str]:
     """`a,b,c` -> the slugs, each once, in order; BadProjectList for anything else."""
     usage = f"projects: 1 to {limit} project slugs, comma-separated"
-    if not value or len(value) > limit * 129:
+    # Bounded before it is split: as long as a request line may be, or `limit` slugs
+    if not value or len(value) > max(limit * 129, REQUEST_LINE_LIMIT):  # (a slug twice is once)
         raise BadProjectList(usage)
     slugs = list(dict.fromkeys(value.split(",")))
     if len(slugs) > limit or not all(SLUG_PATTERN.fullmatch(slug) for slug in slugs):

@@ -91,6 +91,11 @@ def test_a_project_list_gives_each_slug_once_in_order(value, slugs):
     assert parse_project_list(value, limit=3) == slugs
 
 
+def test_a_slug_listed_twice_counts_once_however_long_the_list():
+    slugs = [letter * 120 for letter in "abc"]
+    assert parse_project_list(",".join(slugs * 2), limit=3) == slugs
+
+
 @pytest.mark.parametrize("value", [
     None, "", "a,b,c,d", "a,,b", "a,", "A", "a b", "-a", "x" * 129, "a;b", "a," + "x" * 400,
 ])

@@ -3420,7 +3420,7 @@ def refresh_status(slug: str):
 
 @routes.get("/api/public/<slug>/status/stream")
 def stream_status(slug: str):
-    return _stream_answer(lambda: ([_find_project(slug)], []), mux=False)
+    return _stream_answer(lambda: ([_find_project(slug)], [], False), mux=False)
 
 
 @routes.get("/api/public/status/stream")
@@ -3428,16 +3428,18 @@ def stream_projects():
     """One stream for several projects (`?projects=a,b,c`)."""
     slugs = parse_project_list(request.args.get("projects"), _public().config.max_projects_per_stream)
 
-    def projects() -> tuple[list[Project], list[str]]:
-        known, unknown = [], []
+    def projects() -> tuple[list[Project], list[str], bool]:
+        known, unknown, untold = [], [], None
         for slug in slugs:
             try:
                 known.append(_find_project(slug))
             except ProjectNotFound:
                 unknown.append(slug)
+            except (DatabaseUnavailable, DatabaseBusy) as exc:  # a project never seen, while
+                untold = untold or exc                          # the database cannot say
         if not known:
-            raise ProjectNotFound(",".join(slugs))
-        return known, unknown
+            raise untold or ProjectNotFound(",".join(slugs))
+        return known, unknown, untold is not None
 
     return _stream_answer(projects, mux=True)
 
@@ -3454,17 +3456,19 @@ def parse_project_list(value: str | None, limit: int) -> list[str]:
     return slugs
 
 
-def _stream_answer(find: Callable[[], tuple[list[Project], list[str]]], mux: bool) -> Response:
+def _stream_answer(find: Callable[[], tuple[list[Project], list[str], bool]], mux: bool) -> Response:
     """A stream's answer: 404 for a truly unknown project, and for trouble that passes
     (database down, MAX_STREAMS, shutting down, nothing to show yet) 200 with a `retry:`
-    that ends at once, since EventSource gives up on anything else. A HEAD asks whether
-    a stream would open, and opens none."""
+    that ends at once, since EventSource gives up on anything else. A multiplexed stream
+    some of whose projects could not be looked up (`find`'s third value) serves the
+    others, and ends after about a `retry:` so that its client asks again. A HEAD asks
+    whether a stream would open, and opens none."""
     public = _public()
     gzip_wanted = _gzip_wanted()
     # An HTTP/1.0 body ends when the connection does: no chunks, no keep-alive.
     http_1_0 = request.environ.get("SERVER_PROTOCOL") == "HTTP/1.0"
     try:
-        known, unknown = find()
+        known, unknown, untold = find()
         for project in known:
             if public.store.read(project.slug)[0] is None:
                 public.store.sync(project.slug)  # a project new to this worker may be known elsewhere
@@ -3477,6 +3481,10 @@ def _stream_answer(find: Callable[[], tuple[list[Project], list[str]]], mux: boo
             last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
             body = open_stream(public.fanout, public.store, [p.slug for p in known], last_event_id,
                                gzip_wanted, unknown, mux)
+            if untold:
+                config = public.config
+                ask_again = (config.sse_retry_ms + config.sse_reconnect_spread_ms * random.random()) / 1000
+                gevent.spawn_later(max(ask_again, DB_RETRY_SECONDS), body.end, public.fanout.sent_away())
     except PublicStatusError as exc:
         if exc.transient:
             return come_back_later(public.config)

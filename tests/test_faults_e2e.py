@@ -268,6 +268,39 @@ def test_the_database_going_away_and_coming_back(own_service, pg, upstream, db_p
     again.close()
 
 
+def test_a_multiplexed_stream_serves_its_known_projects_while_the_database_is_away(
+        own_service, pg, upstream, db_proxy):
+    """A project never seen cannot be looked up: the stream opens for the known ones
+    (neither list names the other), and ends after about a `retry:` so that its client
+    asks again; it resumes the known ones, and gets the other once the database is back."""
+    url = pg.reader_url.replace("127.0.0.1:5432", f"127.0.0.1:{db_proxy.port}")
+    service = own_service(database_url=url)
+    known = secret_project(pg, upstream, interval=0.1)
+    never_seen = secret_project(pg, upstream)
+    assert get(service, known).status_code == 200
+    db_proxy.cut()
+    wait_for(lambda: get(service, known).status_code == 200
+             and metric(service.url, "public_status_db_errors_total") >= 1)
+    stream = EventStream(service.port, f"/api/public/status/stream?projects={known},{never_seen}")
+    connected = stream.next_event("connected").json()
+    assert connected["projects"] == [known] and connected["unknown"] == []
+    assert stream.next_event("status_update").json()["project"] == known
+    upstream.set_statuses(f"/{known}", {"A1": "sold", "A2": "held"})
+    bulk = stream.next_event("bulk_update", timeout=3)
+    assert bulk.json()["updates"] == {"A1": "sold"}
+    last_id = bulk.id
+    ending = [message for message in iter(lambda: stream.next(timeout=3), None)]
+    assert stream.closed and ending and ending[-1].retry > 0       # sent on, to ask again
+    db_proxy.restore()
+    time.sleep(1.1)                                               # DB_RETRY_SECONDS
+    again = EventStream(service.port, f"/api/public/status/stream?projects={known},{never_seen}",
+                        headers={"Last-Event-ID": last_id})
+    connected = again.next_event("connected").json()
+    assert connected["projects"] == [known, never_seen] and connected["resumed"][known] is True
+    assert again.next_event("status_update").json()["project"] == never_seen
+    again.close()
+
+
 def test_broken_pooled_connections_are_replaced(own_service, pg, upstream):
     service = own_service()
     first = secret_project(pg, upstream)

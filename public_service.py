@@ -2561,11 +2561,38 @@ class RedisLink(Store):
                 if message is None:
                     continue
                 try:
-                    self.together.on_message(json.loads(message["data"]))
-                except (ValueError, KeyError, TypeError):  # anyone may publish on a channel
+                    taken = json.loads(message["data"])
+                except ValueError:
+                    taken = None
+                if not _channel_message_ok(taken):      # anyone may publish on a channel
                     log.warning("ignored a malformed message on %s", CHANGES_CHANNEL)
+                    continue
+                try:
+                    self.together.on_message(taken)
+                except redis.RedisError:
+                    raise
+                except Exception:                       # a bug of ours: the follower goes on
+                    log.exception("a message on %s was not taken", CHANGES_CHANNEL)
         finally:
             pubsub.close()
+
+
+def _channel_message_ok(message: Any) -> bool:
+    """Whether a message on the changes channel has the shape the workers publish."""
+    if not isinstance(message, dict) or message.get("kind") not in ("commit", "failed"):
+        return False
+    if not isinstance(message.get("slug"), str) or not SLUG_PATTERN.fullmatch(message["slug"]):
+        return False
+    if message["kind"] == "failed":
+        return True
+    statuses, validators = message.get("statuses"), message.get("validators")
+    return (parse_event_id(f"{message.get('epoch')}-{message.get('version')}") is not None
+            and isinstance(message.get("version"), int)
+            and isinstance(message.get("fetched_at"), (int, float)) and math.isfinite(message["fetched_at"])
+            and isinstance(message.get("digest"), str)
+            and (statuses is None or (isinstance(statuses, dict) and all(
+                isinstance(unit, str) and status in STATUSES for unit, status in statuses.items())))
+            and (validators is None or (isinstance(validators, list) and len(validators) == 3)))
 
 
 def make_store(config: Config, on_change: Callable[[Change], None]) -> Store:

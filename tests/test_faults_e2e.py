@@ -458,10 +458,13 @@ def test_a_connection_accepted_while_shutting_down_gets_an_answer_not_a_reset(st
             answer = b"reset"
         outcomes.append(answer[:12])
         time.sleep(0.02)
-    # The last may be reset by the kernel: a connection still in the listen queue when
-    # the listener closes (as with any server). Before it, every one is answered.
-    assert len(outcomes) >= 3, outcomes
-    assert all(answer.startswith(b"HTTP/1.1 ") for answer in outcomes[:-1]), outcomes
+    # The first may be let go unanswered: accepted before the worker heard SIGTERM, it
+    # was still waiting for its head when every waiting connection was let go. The last
+    # may be reset by the kernel: still in the listen queue when the listener closes (as
+    # with any server). Between them, every one is answered.
+    answered = [n for n, answer in enumerate(outcomes) if answer.startswith(b"HTTP/1.1 ")]
+    assert len(answered) >= 3 and answered[0] <= 1, outcomes
+    assert all(answer.startswith(b"HTTP/1.1 ") for answer in outcomes[answered[0]:-1]), outcomes
     assert service.process.wait(15) == 0
 
 

@@ -2286,6 +2286,10 @@ class SharedStore(Store):
                   validators])
         return CommitKind(kind.decode()), Position(epoch.decode(), int(version)), digest
 
+    def forget(self, slug: str) -> None:
+        """The mirror moved on alone: what Redis holds is no longer known to be the same."""
+        self._digests.pop(slug, None)
+
     def on_message(self, message: dict) -> None:
         """A commit anywhere in the deployment (or a fetch that failed): the mirror takes
         it, and whoever waited for that fetch hears of it."""
@@ -2507,7 +2511,11 @@ class RedisLink(Store):
         return self._run(lambda store: store.sync(slug))
 
     def commit(self, slug, fetched):
-        return self._run(lambda store: store.commit(slug, fetched))
+        def commit_on(store: Store) -> Snapshot:
+            if store is self.alone:           # a line of this worker's own: Redis's digest
+                self.together.forget(slug)    # is another line's, so the next shared commit
+            return store.commit(slug, fetched)  # sends its statuses, not "unchanged"
+        return self._run(commit_on)
 
     def fetch(self, slug, timeout, do_fetch):
         return self._run(lambda store: store.fetch(slug, timeout, do_fetch))

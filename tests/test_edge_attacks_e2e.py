@@ -40,47 +40,30 @@ def test_a_declared_body_that_never_comes_is_waited_for_one_header_timeout(start
         assert seconds_until_closed(sock) <= 1.5            # HEADER_TIMEOUT, and one sweep
 
 
-def test_connections_owing_a_body_go_first_near_the_cap(start_service, slug):
+@pytest.mark.parametrize("first_bytes", [
+    b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 16000\r\n\r\n",
+    b"G",
+], ids=["owing a body", "a byte of a head"])
+def test_connections_that_cost_nothing_go_first_near_the_cap(start_service, slug, first_bytes):
+    """Connections owing a body, and heads still coming in (after the idle ones), make
+    room near the cap: one byte a connection cannot fill the worker."""
     service = start_service(HEADER_TIMEOUT="30", KEEPALIVE_TIMEOUT="30", SSE_PING_INTERVAL="0.2",
                             extra_args=["--worker-connections", "200"])
     streams = [EventStream(service.port, f"/api/public/{slug}/status/stream") for _ in range(10)]
     for stream in streams:
         assert stream.next_event("status_update") is not None
-    owing = []
+    crowd = []
     for _ in range(300):                                  # more than the worker may hold
         sock = socket.create_connection(("127.0.0.1", service.port))
-        sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 16000\r\n\r\n")
-        owing.append(sock)
+        sock.sendall(first_bytes)
+        crowd.append(sock)
     started = time.monotonic()
     assert requests.get(f"{service.url}/healthz", timeout=5).status_code == 200
-    assert time.monotonic() - started < 1.0               # the owing ones made room
+    assert time.monotonic() - started < 1.0               # the crowd made room
     assert metric(service.url, "public_status_connections_evicted_total") >= 100
     for stream in streams:                                # no stream was closed for them
         assert stream.next_event("ping", timeout=2) is not None
-    for sock in owing:
-        sock.close()
-
-
-def test_connections_that_sent_a_byte_of_a_head_go_too_near_the_cap(start_service, slug):
-    """A head still coming in has cost nothing: near the cap it makes room as an idle
-    connection does (after them), so that one byte a connection cannot fill the worker."""
-    service = start_service(HEADER_TIMEOUT="30", KEEPALIVE_TIMEOUT="30", SSE_PING_INTERVAL="0.2",
-                            extra_args=["--worker-connections", "200"])
-    streams = [EventStream(service.port, f"/api/public/{slug}/status/stream") for _ in range(10)]
-    for stream in streams:
-        assert stream.next_event("status_update") is not None
-    begun = []
-    for _ in range(300):                                  # more than the worker may hold
-        sock = socket.create_connection(("127.0.0.1", service.port))
-        sock.sendall(b"G")
-        begun.append(sock)
-    started = time.monotonic()
-    assert requests.get(f"{service.url}/healthz", timeout=5).status_code == 200
-    assert time.monotonic() - started < 1.0               # the begun ones made room
-    assert metric(service.url, "public_status_connections_evicted_total") >= 100
-    for stream in streams:                                # no stream was closed for them
-        assert stream.next_event("ping", timeout=2) is not None
-    for sock in begun:
+    for sock in crowd:
         sock.close()
 
 
